@@ -1,0 +1,18 @@
+"""The errors users see. Each carries one message that names the problem and the valid choices;
+the CLI prints it without a stack trace."""
+
+
+class OdysseyError(Exception):
+    """Base class: an error the CLI reports as one line, exit code 2."""
+
+
+class ConfigError(OdysseyError, ValueError):
+    """A config key, value or combination is invalid (raised before any training starts)."""
+
+
+class DataError(OdysseyError, ValueError):
+    """A data file is missing, truncated, tampered with or malformed."""
+
+
+class ServiceError(OdysseyError, RuntimeError):
+    """A service (MLflow tracking server, Ray cluster, job server) cannot be reached or refused."""

@@ -1,0 +1,114 @@
+"""The task interface: dataset splits of variable-length sequences, a training loss and metrics.
+
+A task turns its config into three splits (``train``, ``valid``, ``test``) of
+:class:`Sequence` examples. The trainer batches them with :func:`collate` into time-major,
+zero-padded :class:`Batch` tensors, runs the model to get ``outputs`` of shape (T, B, O) and asks
+the task for the loss to minimise and for metric sums that it pools over a whole split.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+__all__ = ["Batch", "Sequence", "Task", "collate"]
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """One example.
+
+    Attributes:
+        inputs: (T, I) float32.
+        targets: (T, O) float32 (regression, multi-label) or (T,) int64 (class index).
+        mask: (T,) bool, the steps whose outputs are scored.
+    """
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Time-major, zero-padded batch: inputs (T, B, I), targets (T, B, O) or (T, B),
+    mask (T, B) bool (False on padding and unscored steps), lengths (B,) int64."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+    lengths: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(
+            self.inputs.to(device, non_blocking=True),
+            self.targets.to(device, non_blocking=True),
+            self.mask.to(device, non_blocking=True),
+            self.lengths,  # stays on CPU: used for indexing bookkeeping
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.inputs.shape[1])
+
+
+def collate(sequences: list[Sequence]) -> Batch:
+    """Pad a list of sequences to the longest one, time-major."""
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.int64)
+    t_max = int(lengths.max())
+    first = sequences[0]
+    inputs = first.inputs.new_zeros((t_max, len(sequences), *first.inputs.shape[1:]))
+    targets = first.targets.new_zeros((t_max, len(sequences), *first.targets.shape[1:]))
+    mask = torch.zeros((t_max, len(sequences)), dtype=torch.bool)
+    for b, seq in enumerate(sequences):
+        n = len(seq)
+        inputs[:n, b] = seq.inputs
+        targets[:n, b] = seq.targets
+        mask[:n, b] = seq.mask
+    return Batch(inputs, targets, mask, lengths)
+
+
+class Task(ABC):
+    """A benchmark: splits, output size, loss and metrics.
+
+    Subclasses set the class attributes and implement :meth:`loss` and :meth:`metric_sums`.
+    ``metric_sums`` returns, per metric name, a (sum, count) pair for one batch; the trainer adds
+    them up over a split and divides, so a metric is pooled over the split, not averaged over
+    batches (e.g. JSB NLL is the sum over all predicted steps divided by their number).
+    """
+
+    name: str
+    input_size: int
+    output_size: int
+    metric_names: ClassVar[tuple[str, ...]]
+    primary_metric: ClassVar[str]
+    lower_is_better: ClassVar[bool]
+    worst_value: ClassVar[float]  # reported for the primary metric of a diverged trial
+
+    def __init__(self, splits: dict[str, list[Sequence]]):
+        missing = {"train", "valid", "test"} - set(splits)
+        if missing:
+            raise ValueError(f"task {self.name!r} lacks split(s) {sorted(missing)}")
+        self.splits = splits
+
+    @abstractmethod
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Scalar training loss for a batch of model outputs (T, B, O)."""
+
+    @abstractmethod
+    def metric_sums(self, outputs: torch.Tensor, batch: Batch) -> dict[str, tuple[float, int]]:
+        """Per metric, the (sum, count) of this batch's contribution."""
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether primary-metric value ``a`` is strictly better than ``b``."""
+        return a < b if self.lower_is_better else a > b
+
+    def worst_metrics(self) -> dict[str, float]:
+        """The metrics reported for a diverged trial: the worst value of each metric."""
+        return {m: self.worst_value if m == self.primary_metric else float("nan") for m in self.metric_names}
