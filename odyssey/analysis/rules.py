@@ -1,0 +1,72 @@
+"""Which trials enter which analysis. These rules are stated in every report (``RULES``).
+
+* Variant comparison (Welch t-test, box plots): trials with status ``completed`` or
+  ``diverged``. A diverged trial enters with the worst value the trainer recorded for it: how
+  often a variant diverges over the search space is part of how good it is, and dropping those
+  trials would flatter unstable variants. Diverged trials without a recorded test value are
+  left out and counted.
+* fANOVA: only ``completed`` trials that ran their full budget (``odyssey.budget_reached`` not
+  "false"; trials without the tag count as full). Diverged trials are left out and counted:
+  their constant worst value would make the forest model where training diverges rather than
+  how the metric depends on the hyperparameters.
+* Trials stopped early by the scheduler (``stopped_early``), ``failed`` and still ``running``
+  trials are left out of both and counted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from odyssey.analysis.study import COORDINATES
+from odyssey.tracking import STATUS_COMPLETED, STATUS_DIVERGED, STATUS_FAILED, STATUS_RUNNING, STATUS_STOPPED
+
+RULES = [
+    "Variant comparison (Welch t-test, p < 0.05, and box plots): trials that completed or "
+    "diverged; a diverged trial enters with the worst value the trainer recorded for it "
+    "(divergence is part of a variant's performance over the search space). The 'top10' "
+    "subset is the best 10% of each group's trials by validation metric.",
+    "fANOVA: only completed trials that ran their full budget; diverged trials are left out "
+    "(their constant worst value would dominate the variance) and counted.",
+    "Trials stopped early by the scheduler, failed trials and trials still running are left "
+    "out of both analyses and counted.",
+]
+
+
+def ttest_mask(trials: pd.DataFrame) -> pd.Series:
+    """Rows that enter the variant comparison."""
+    ok = trials["status"].isin([STATUS_COMPLETED, STATUS_DIVERGED])
+    return ok & np.isfinite(trials["test"].astype(float))
+
+
+def fanova_mask(trials: pd.DataFrame) -> pd.Series:
+    """Rows that enter the fANOVA fit."""
+    full = trials["budget_reached"].map(lambda b: b is not False)
+    finite = np.isfinite(trials[list(COORDINATES) + ["test"]].astype(float)).all(axis=1)
+    return (trials["status"] == STATUS_COMPLETED) & full & finite
+
+
+def count_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, variant): trials by status and how many enter each analysis."""
+    t = trials.assign(_tt=ttest_mask(trials), _fa=fanova_mask(trials))
+    t["_cut"] = (t["status"] == STATUS_COMPLETED) & t["budget_reached"].map(lambda b: b is False)
+    rows = []
+    for (task, variant), g in t.groupby(["task", "variant"], sort=True):
+        st = g["status"]
+        rows.append(
+            {
+                "task": task,
+                "variant": variant,
+                "trials": len(g),
+                "completed": int((st == STATUS_COMPLETED).sum()),
+                "completed_short_budget": int(g["_cut"].sum()),
+                "stopped_early": int((st == STATUS_STOPPED).sum()),
+                "diverged": int((st == STATUS_DIVERGED).sum()),
+                "failed": int((st == STATUS_FAILED).sum()),
+                "running": int((st == STATUS_RUNNING).sum()),
+                "other": int((~st.isin([STATUS_COMPLETED, STATUS_STOPPED, STATUS_DIVERGED, STATUS_FAILED, STATUS_RUNNING])).sum()),
+                "in_ttest": int(g["_tt"].sum()),
+                "in_fanova": int(g["_fa"].sum()),
+            }
+        )
+    return pd.DataFrame(rows)
