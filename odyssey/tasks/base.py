@@ -10,11 +10,27 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
-__all__ = ["Batch", "Sequence", "Task", "collate"]
+from odyssey.errors import ConfigError
+
+__all__ = [
+    "SPLITS",
+    "Batch",
+    "Sequence",
+    "Task",
+    "check_bool",
+    "check_choice",
+    "check_float",
+    "check_int",
+    "collate",
+    "split_rng",
+]
+
+SPLITS = ("train", "valid", "test")
 
 
 @dataclass(frozen=True)
@@ -90,6 +106,7 @@ class Task(ABC):
     primary_metric: ClassVar[str]
     lower_is_better: ClassVar[bool]
     worst_value: ClassVar[float]  # reported for the primary metric of a diverged trial
+    worst_values: ClassVar[dict[str, float]] = {}  # worst value of each non-primary metric
 
     def __init__(self, splits: dict[str, list[Sequence]]):
         missing = {"train", "valid", "test"} - set(splits)
@@ -110,5 +127,74 @@ class Task(ABC):
         return a < b if self.lower_is_better else a > b
 
     def worst_metrics(self) -> dict[str, float]:
-        """The metrics reported for a diverged trial: the worst value of each metric."""
-        return {m: self.worst_value if m == self.primary_metric else float("nan") for m in self.metric_names}
+        """The metrics reported for a diverged trial: the worst value of each metric, never NaN.
+
+        The primary metric gets ``worst_value``; the others come from ``worst_values``, and an
+        ``accuracy`` missing there is 0.0.
+        """
+        worst = {}
+        for m in self.metric_names:
+            if m == self.primary_metric:
+                worst[m] = float(self.worst_value)
+            elif m in self.worst_values:
+                worst[m] = float(self.worst_values[m])
+            elif m == "accuracy":
+                worst[m] = 0.0
+            else:
+                raise NotImplementedError(f"task {self.name!r} defines no worst value for metric {m!r}")
+        return worst
+
+
+def split_rng(seed: int, split: str) -> np.random.Generator:
+    """A private generator for one split of a generated task.
+
+    Each split draws from its own stream seeded by ``(seed, split index)``, so the test set does
+    not change when ``num_train`` does, and no global RNG state is read or changed.
+    """
+    return np.random.default_rng([int(seed), SPLITS.index(split)])
+
+
+# --------------------------------------------------------------------------------------------
+# Config validation helpers shared by the task configs: each raises ConfigError naming the key
+# (``task.<field>``), the bad value and the valid range.
+
+
+def check_int(key: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an int in [low, high] (bounds optional); bools and floats are refused."""
+    valid = _range_text("an integer", low, high)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"task.{key}={value!r} is invalid: expected {valid}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(f"task.{key}={value!r} is invalid: expected {valid}")
+    return int(value)
+
+
+def check_float(key: str, value: Any, *, low: float | None = None, high: float | None = None) -> float:
+    """``value`` (an int or a float) as a finite float in [low, high]."""
+    valid = _range_text("a number", low, high)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    if not ok or (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(f"task.{key}={value!r} is invalid: expected {valid}")
+    return float(value)
+
+
+def check_bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"task.{key}={value!r} is invalid: expected true or false")
+    return value
+
+
+def check_choice(key: str, value: Any, choices: tuple[Any, ...]) -> Any:
+    if value not in choices:
+        raise ConfigError(f"task.{key}={value!r} is invalid: expected one of {list(choices)}")
+    return value
+
+
+def _range_text(kind: str, low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f"{kind} in [{low}, {high}]"
+    if low is not None:
+        return f"{kind} >= {low}"
+    if high is not None:
+        return f"{kind} <= {high}"
+    return kind
