@@ -1,0 +1,138 @@
+"""Session-wide services for the end-to-end tests: a real MLflow tracking server and a real
+two-node Ray cluster, each started once per test session (they take seconds to start) and only
+when a test asks for them.
+
+* ``mlflow_server`` - ``mlflow server`` as a subprocess on 127.0.0.1 (free port), SQLite backend
+  and artifacts in a temp dir; yields its ``http://`` URI.
+* ``ray_cluster`` - ``ray.cluster_utils.Cluster``: a head node (with the dashboard, hence the job
+  server) and one worker node, 1 CPU each, so that two trials run at once, one per node; yields a
+  :class:`RayTestCluster` with the GCS address, the dashboard URL and the worker node (the
+  worker-kill test removes it and adds a fresh one).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log else ""
+            raise RuntimeError(f"{url}: the server exited with code {proc.returncode}:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> str:
+    """A real MLflow tracking server (SQLite + local artifacts); yields ``http://127.0.0.1:PORT``."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    log = root / "server.log"
+    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    cmd = [
+        mlflow, "server",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1",
+    ]  # fmt: skip
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{uri}/health", timeout=90, proc=proc, log=log)
+        yield uri
+    finally:
+        _terminate(proc)
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    """Stop a server we started (its own process group: uvicorn/gunicorn workers included)."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=15)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=5)
+
+
+@dataclass
+class RayTestCluster:
+    cluster: Any  # ray.cluster_utils.Cluster
+    address: str  # GCS address, for ray.init(address=...) / ray.address=...
+    dashboard_url: str  # http://127.0.0.1:PORT, the job server
+
+    @property
+    def worker(self):
+        return next(iter(self.cluster.worker_nodes))
+
+    def kill_worker(self) -> None:
+        """Kill the worker node's processes without a graceful shutdown (a lost machine)."""
+        self.cluster.remove_node(self.worker, allow_graceful=False)
+
+    def add_worker(self) -> None:
+        self.cluster.add_node(num_cpus=1, resources={"worker": 1})
+        self.cluster.wait_for_nodes()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory) -> RayTestCluster:
+    """A real local Ray cluster: head (dashboard + job server) and one worker node, 1 CPU each."""
+    from ray.cluster_utils import Cluster
+
+    dashboard_port = free_port()
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={
+            "num_cpus": 1,
+            "resources": {"head": 1},
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": dashboard_port,
+        },
+    )
+    try:
+        cluster.add_node(num_cpus=1, resources={"worker": 1})
+        cluster.wait_for_nodes()
+        dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+        _wait_http(f"{dashboard_url}/api/version", timeout=60)
+        yield RayTestCluster(cluster=cluster, address=cluster.address, dashboard_url=dashboard_url)
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
