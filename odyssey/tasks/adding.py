@@ -8,7 +8,7 @@ A sequence counts as correct if its absolute error is below 0.04. Sequence lengt
 integers in ``[T, T + T // 10]`` (1997: "between T and T + T/10").
 
 Simplification (default): the 1997 paper also sets the marker of the first and the last pair to
--1.0 and, when the first pair is marked, X1 to 0. ``end_markers=True`` restores both rules.
+-1.0 and, when the first pair is marked, its value to 0. ``end_markers=True`` restores both rules.
 
 Example:
     >>> task = AddingConfig(length=20, num_train=8, num_valid=2, num_test=2).build()
@@ -63,7 +63,8 @@ class AddingConfig(TaskConfig):
 
     def build(self) -> "AddingTask":
         sizes = {"train": self.num_train, "valid": self.num_valid, "test": self.num_test}
-        splits = {s: [self.sample(split_rng(self.seed, s)) for _ in range(sizes[s])] for s in SPLITS}
+        rngs = {s: split_rng(self.seed, s) for s in SPLITS}
+        splits = {s: [self.sample(rngs[s]) for _ in range(sizes[s])] for s in SPLITS}
         return AddingTask(splits)
 
     def sample(self, rng: np.random.Generator) -> Sequence:
@@ -77,7 +78,7 @@ class AddingConfig(TaskConfig):
         second = int(rng.choice(unmarked))
         if self.end_markers:
             markers[0] = markers[-1] = -1.0
-            if first == 0:
+            if 0 in (first, second):
                 values[0] = 0.0  # 1997: "in the rare case where the first pair gets marked, X1 = 0"
         markers[[first, second]] = 1.0
         inputs = torch.from_numpy(np.stack([values, markers], axis=1)).float()  # (L, 2)

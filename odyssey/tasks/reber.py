@@ -132,7 +132,8 @@ class ReberConfig(TaskConfig):
 
     def build(self) -> "ReberTask":
         sizes = {"train": self.num_train, "valid": self.num_valid, "test": self.num_test}
-        splits = {s: [self.sample(split_rng(self.seed, s)) for _ in range(sizes[s])] for s in SPLITS}
+        rngs = {s: split_rng(self.seed, s) for s in SPLITS}
+        splits = {s: [self.sample(rngs[s]) for _ in range(sizes[s])] for s in SPLITS}
         return ReberTask(splits)
 
     def sample_string(self, rng: np.random.Generator) -> str:

@@ -81,7 +81,8 @@ class TemporalOrderConfig(TaskConfig):
 
     def build(self) -> "TemporalOrderTask":
         sizes = {"train": self.num_train, "valid": self.num_valid, "test": self.num_test}
-        splits = {s: [self.sample(split_rng(self.seed, s)) for _ in range(sizes[s])] for s in SPLITS}
+        rngs = {s: split_rng(self.seed, s) for s in SPLITS}
+        splits = {s: [self.sample(rngs[s]) for _ in range(sizes[s])] for s in SPLITS}
         return TemporalOrderTask(splits, num_relevant=self.num_relevant, name=self.name)
 
     def sample(self, rng: np.random.Generator) -> Sequence:
