@@ -1,0 +1,128 @@
+"""``odyssey bench cells``: forward+backward time of every preset against ``torch.nn.LSTM``.
+
+Each variant is timed on the same shapes as a one-layer ``torch.nn.LSTM`` in the same process;
+the two are measured alternately and each reported time is the minimum over repeats (the least
+disturbed measurement), so the ratio is robust to other load on the machine. Times are per
+sequence: a batch's time divided by the batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from odyssey.cells import PRESETS, VariantLSTM, preset
+
+__all__ = ["BenchRow", "bench_cells", "main"]
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    variant: str
+    device: str
+    batch: int
+    ms_per_seq: float
+    ref_ms_per_seq: float
+
+    @property
+    def ratio(self) -> float:
+        return self.ms_per_seq / self.ref_ms_per_seq
+
+
+def _timer(fn: Callable[[], None], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def _fwd_bwd(module: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        module.zero_grad(set_to_none=True)
+        y = module(x)[0]
+        y.sum().backward()
+
+    return step
+
+
+def bench_cells(
+    *,
+    variants: list[str] | None = None,
+    devices: list[str] | None = None,
+    batches: tuple[int, ...] = (1, 32),
+    T: int = 100,
+    input_size: int = 88,
+    hidden_size: int = 100,
+    repeats: int = 5,
+    progress: Callable[[BenchRow], None] | None = None,
+) -> list[BenchRow]:
+    """Time every variant against ``torch.nn.LSTM`` (T, I, H as in the paper's JSB setting)."""
+    variants = variants or list(PRESETS)
+    devices = devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    rows = []
+    for dev_name in devices:
+        device = torch.device(dev_name)
+        for batch in batches:
+            torch.manual_seed(0)
+            x = torch.randn(T, batch, input_size, device=device)
+            ref = torch.nn.LSTM(input_size, hidden_size).to(device)
+            ref_step = _fwd_bwd(ref, x)
+            for name in variants:
+                layer = VariantLSTM(preset(name), input_size, hidden_size).to(device)
+                step = _fwd_bwd(layer, x)
+                step(), ref_step()  # warm-up
+                ours, theirs = [], []
+                for _ in range(repeats):  # alternate so both see the same machine state
+                    theirs.append(_timer(ref_step, device))
+                    ours.append(_timer(step, device))
+                row = BenchRow(name, dev_name, batch, 1e3 * min(ours) / batch, 1e3 * min(theirs) / batch)
+                rows.append(row)
+                if progress:
+                    progress(row)
+    return rows
+
+
+def format_rows(rows: list[BenchRow]) -> str:
+    head = f"{'variant':<10} {'device':<6} {'batch':>5} {'ms/seq':>9} {'nn.LSTM':>9} {'ratio':>6}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r.variant:<10} {r.device:<6} {r.batch:>5} {r.ms_per_seq:>9.3f} {r.ref_ms_per_seq:>9.3f} {r.ratio:>6.2f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="odyssey bench", description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["cells"], help="what to benchmark")
+    parser.add_argument("--variants", nargs="+", choices=sorted(PRESETS), default=None)
+    parser.add_argument("--devices", nargs="+", default=None, help="cpu, cuda (default: all present)")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--seq-len", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    if args.devices and any(d.startswith("cuda") for d in args.devices) and not torch.cuda.is_available():
+        parser.error("--devices names cuda but no CUDA device is present; valid here: cpu")
+    print(f"forward+backward per sequence, T={args.seq_len}, I=88, H=100, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; ratio = variant / torch.nn.LSTM", flush=True)
+    print(format_rows([]), flush=True)
+
+    def show(row: BenchRow) -> None:
+        print(format_rows([row]).splitlines()[-1], flush=True)
+
+    bench_cells(
+        variants=args.variants,
+        devices=args.devices,
+        batches=tuple(args.batches),
+        T=args.seq_len,
+        repeats=args.repeats,
+        progress=show,
+    )
+    return 0

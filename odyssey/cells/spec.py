@@ -1,0 +1,181 @@
+"""Variant specs: an LSTM variant is a small frozen set of orthogonal switches.
+
+The presets are vanilla LSTM and the eight variants of Greff et al. (2017), plus the original
+LSTM of Hochreiter & Schmidhuber (1997):
+
+=========  ==================================================================
+preset     difference from ``vanilla`` (all gates, peepholes, g = h = tanh)
+=========  ==================================================================
+nig        no input gate (i = 1)
+nfg        no forget gate (f = 1)
+nog        no output gate (o = 1)
+niaf       no input activation function (g = identity)
+noaf       no output activation function (h = identity)
+np         no peepholes
+cifg       coupled input and forget gate (f = 1 - i)
+fgr        full gate recurrence (each gate sees all gates' previous activations)
+lstm1997   no forget gate, no peepholes, g = 4 sigma - 2, h = 2 sigma - 1
+=========  ==================================================================
+
+Any other combination of switches is allowed as long as it makes sense; :meth:`VariantSpec.validate`
+says why one does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from odyssey.cells.activations import ACTIVATIONS
+
+__all__ = ["PRESETS", "VariantSpec", "preset", "variant_from_mapping"]
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """The switches that define an LSTM variant. Defaults are vanilla LSTM.
+
+    Attributes:
+        input_gate: i is computed; otherwise i = 1.
+        forget_gate: f exists; otherwise f = 1 (the cell never forgets).
+        output_gate: o is computed; otherwise o = 1.
+        peepholes: the gates see the cell state (p_i, p_f read c', p_o reads c).
+        coupled_input_forget: f = 1 - i, with no forget-gate weights of its own.
+        full_gate_recurrence: each gate's pre-activation also gets the previous step's
+            activations of all gates (i, f, o) through ``weight_gate_hh``.
+        block_activation: g, applied to the block input z.
+        output_activation: h, applied to the cell state before the output gate.
+        name: an optional label; by default :meth:`label` derives one from the switches.
+    """
+
+    input_gate: bool = True
+    forget_gate: bool = True
+    output_gate: bool = True
+    peepholes: bool = True
+    coupled_input_forget: bool = False
+    full_gate_recurrence: bool = False
+    block_activation: str = "tanh"
+    output_activation: str = "tanh"
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError (naming the switches and why) for a combination that makes no sense."""
+        for key in ("block_activation", "output_activation"):
+            value = getattr(self, key)
+            if value not in ACTIVATIONS:
+                raise ValueError(f"variant.{key}={value!r} is unknown; valid activations: {sorted(ACTIVATIONS)}")
+        if self.coupled_input_forget and not self.input_gate:
+            raise ValueError(
+                "variant.coupled_input_forget=true needs variant.input_gate=true: the coupled forget "
+                "gate is f = 1 - i, so without an input gate it would be a constant 0 (the cell would forget everything)"
+            )
+        if self.coupled_input_forget and not self.forget_gate:
+            raise ValueError(
+                "variant.coupled_input_forget=true defines the forget gate as f = 1 - i, which contradicts "
+                "variant.forget_gate=false; set forget_gate=true (or drop the coupling)"
+            )
+        if self.full_gate_recurrence and not self.gates:
+            raise ValueError(
+                "variant.full_gate_recurrence=true needs at least one gate (input, forget or output): "
+                "there are no gate activations to feed back"
+            )
+        if self.peepholes and not self.gates:
+            raise ValueError("variant.peepholes=true needs at least one gate for the peepholes to feed")
+
+    # Which gates have weights of their own, in the parameter layout's order.
+    @property
+    def gates(self) -> tuple[str, ...]:
+        """Gates with weights of their own among ('i', 'f', 'o'), in that order."""
+        own_f = self.forget_gate and not self.coupled_input_forget
+        return tuple(g for g, on in (("i", self.input_gate), ("f", own_f), ("o", self.output_gate)) if on)
+
+    @property
+    def blocks(self) -> tuple[str, ...]:
+        """Row blocks of ``weight_ih``/``weight_hh``/``bias``: the gates present and g, ordered i, f, g, o."""
+        return tuple(b for b in ("i", "f", "g", "o") if b == "g" or b in self.gates)
+
+    @property
+    def peephole_gates(self) -> tuple[str, ...]:
+        """Rows of ``peephole``: the gates among (i, f, o) that have a peephole."""
+        return self.gates if self.peepholes else ()
+
+    def num_parameters(self, input_size: int, hidden_size: int) -> int:
+        """Exactly the parameters the equations need: G*H*(I + H + 1) + P*H (+ (K*H)^2 for FGR)."""
+        g, p, k = len(self.blocks), len(self.peephole_gates), len(self.gates)
+        n = g * hidden_size * (input_size + hidden_size + 1) + p * hidden_size
+        if self.full_gate_recurrence:
+            n += (k * hidden_size) ** 2
+        return n
+
+    def label(self) -> str:
+        """The preset name if the switches match one, else the presets it combines (``np+cifg``),
+        else ``custom``."""
+        if self.name:
+            return self.name
+        switches = self.switches()
+        for name, spec in PRESETS.items():
+            if spec.switches() == switches:
+                return name
+        vanilla = PRESETS["vanilla"].switches()
+        diff = {k: v for k, v in switches.items() if vanilla[k] != v}
+        parts = []
+        for name in ("nig", "nfg", "nog", "niaf", "noaf", "np", "cifg", "fgr"):
+            delta = {k: v for k, v in PRESETS[name].switches().items() if vanilla[k] != v}
+            if delta.items() <= diff.items():
+                parts.append(name)
+                for k in delta:
+                    diff.pop(k)
+        parts += [f"{k}={v}" for k, v in diff.items()]
+        return "+".join(parts) if parts else "vanilla"
+
+    def switches(self) -> dict[str, Any]:
+        """The switches without the label."""
+        d = dataclasses.asdict(self)
+        d.pop("name")
+        return d
+
+
+PRESETS: dict[str, VariantSpec] = {
+    "vanilla": VariantSpec(),
+    "nig": VariantSpec(input_gate=False),
+    "nfg": VariantSpec(forget_gate=False),
+    "nog": VariantSpec(output_gate=False),
+    "niaf": VariantSpec(block_activation="identity"),
+    "noaf": VariantSpec(output_activation="identity"),
+    "np": VariantSpec(peepholes=False),
+    "cifg": VariantSpec(coupled_input_forget=True),
+    "fgr": VariantSpec(full_gate_recurrence=True),
+    "lstm1997": VariantSpec(
+        forget_gate=False, peepholes=False, block_activation="sigmoid4", output_activation="sigmoid2"
+    ),
+}
+
+
+def preset(name: str) -> VariantSpec:
+    """The spec of a preset variant; an unknown name raises ValueError listing the presets."""
+    try:
+        return dataclasses.replace(PRESETS[name], name=name)
+    except KeyError:
+        raise ValueError(f"unknown variant {name!r}; valid variants: {sorted(PRESETS)}") from None
+
+
+def variant_from_mapping(mapping: Mapping[str, Any]) -> VariantSpec:
+    """A spec from a config mapping (a ``conf/variant/*.yaml``); unknown keys and wrong types fail."""
+    fields = {f.name: f for f in dataclasses.fields(VariantSpec)}
+    unknown = sorted(set(mapping) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in 'variant'; valid keys: {sorted(fields)}")
+    for key, value in mapping.items():
+        if key in ("block_activation", "output_activation"):
+            ok = isinstance(value, str)
+        elif key == "name":
+            ok = value is None or isinstance(value, str)
+        else:
+            ok = isinstance(value, bool)
+        if not ok:
+            raise ValueError(f"variant.{key}={value!r} has the wrong type: expected {fields[key].type}")
+    return VariantSpec(**mapping)
