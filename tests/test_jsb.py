@@ -117,7 +117,9 @@ def test_config_makes_data_dir_absolute(tmp_path, monkeypatch):
 def test_missing_directory_and_file_say_how_to_fix(tmp_path):
     with pytest.raises(DataError, match=r"directory .*nowhere does not exist.*ODYSSEY_JSB_DIR.*odyssey data fetch jsb"):
         JSBConfig(data_dir=str(tmp_path / "nowhere")).build()
-    with pytest.raises(DataError, match=r"jsb-chorales-quarter\.json is missing; set task\.data_dir or \$ODYSSEY_JSB_DIR"):
+    with pytest.raises(
+        DataError, match=r"jsb-chorales-quarter\.json is missing; set task\.data_dir or \$ODYSSEY_JSB_DIR"
+    ):
         JSBConfig(data_dir=str(tmp_path), format="json").build()
 
 
@@ -175,7 +177,9 @@ def test_wrong_structure_is_named(tmp_path):
     with pytest.raises(DataError, match=r"expected a dict with keys \['train', 'valid', 'test'\], found \['train'\]"):
         load_piano_rolls(write({"train": [[[60], [62]]]}))
     bad_pitch = {s: [[[60], [62]]] for s in SPLITS} | {"test": [[[60], [12, 64]]]}
-    with pytest.raises(DataError, match=r"test\[0\]\[1\] holds pitch\(es\) \[12, 64\] outside the piano range 21\.\.108"):
+    with pytest.raises(
+        DataError, match=r"test\[0\]\[1\] holds pitch\(es\) \[12, 64\] outside the piano range 21\.\.108"
+    ):
         load_piano_rolls(write(bad_pitch))
     ok = load_piano_rolls(write({s: [[[60, 64], [], [108]]] for s in SPLITS}))
     assert ok["train"][0].nonzero().tolist() == [[0, 39], [0, 43], [2, 87]]

@@ -27,11 +27,11 @@ JSB_DIR = Path(os.environ.get("ODYSSEY_JSB_DIR") or ROOT.parent / "shared" / "da
 
 # Small configs: the whole file runs in a few seconds.
 SMALL = {
-    "adding": dict(length=20, num_train=40, num_valid=10, num_test=10),
-    "temporal_order": dict(length=20, num_train=40, num_valid=10, num_test=10),
-    "temporal_order_3": dict(length=20, num_train=40, num_valid=10, num_test=10),
-    "reber": dict(num_train=40, num_valid=10, num_test=10),
-    "jsb": dict(data_dir=str(JSB_DIR)),
+    "adding": {"length": 20, "num_train": 40, "num_valid": 10, "num_test": 10},
+    "temporal_order": {"length": 20, "num_train": 40, "num_valid": 10, "num_test": 10},
+    "temporal_order_3": {"length": 20, "num_train": 40, "num_valid": 10, "num_test": 10},
+    "reber": {"num_train": 40, "num_valid": 10, "num_test": 10},
+    "jsb": {"data_dir": str(JSB_DIR)},
 }
 GENERATED = ["adding", "temporal_order", "temporal_order_3", "reber"]
 
@@ -112,6 +112,11 @@ class TestTaskContract:
                     assert 0 <= int(seq.targets[seq.mask].min()) and int(seq.targets.max()) < task.output_size
                 else:
                     assert seq.targets.shape == (n, task.output_size)
+
+    def test_sequences_of_a_split_differ(self, name):
+        train = small_task(name).splits["train"]
+        distinct = {(s.inputs.numpy().tobytes(), s.targets.numpy().tobytes()) for s in train}
+        assert len(distinct) > len(train) // 2
 
     def test_collate_loss_and_metrics(self, name):
         task = small_task(name)
@@ -291,7 +296,7 @@ def test_temporal_order_accuracy_counts_argmax_hits():
 _REBER = r"B(?:(?:TS*X|PT*VP)(?:XT*VP)*(?:S|XT*VV)|PT*VV)E"
 _EMBEDDED = re.compile(rf"B([TP]){_REBER}\1E")
 # The grammar as edges "from symbol to" (state 0 start, 7 accept), for the enumeration.
-_EDGES = "0B1 1T2 1P3 2S2 2X4 3T3 3V5 4X3 4S6 5P4 5V6 6E7".split()
+_EDGES = ["0B1", "1T2", "1P3", "2S2", "2X4", "3T3", "3V5", "4X3", "4S6", "5P4", "5V6", "6E7"]
 
 
 def _all_embedded(max_len: int) -> set[str]:

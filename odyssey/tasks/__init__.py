@@ -7,7 +7,7 @@ makes the task; ``TASKS`` maps the config ``name`` to that class.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any
 
 from odyssey.tasks.base import Batch, Sequence, Task, collate
 
@@ -60,6 +60,6 @@ def build_task(config: TaskConfig) -> Task:
 
 # Concrete tasks register themselves on import.
 from odyssey.tasks import adding as _adding  # noqa: E402,F401
+from odyssey.tasks import jsb as _jsb  # noqa: E402,F401
 from odyssey.tasks import reber as _reber  # noqa: E402,F401
 from odyssey.tasks import temporal_order as _temporal_order  # noqa: E402,F401
-from odyssey.tasks import jsb as _jsb  # noqa: E402,F401

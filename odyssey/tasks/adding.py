@@ -61,7 +61,7 @@ class AddingConfig(TaskConfig):
         check_int("seed", self.seed, low=0)
         check_bool("end_markers", self.end_markers)
 
-    def build(self) -> "AddingTask":
+    def build(self) -> AddingTask:
         sizes = {"train": self.num_train, "valid": self.num_valid, "test": self.num_test}
         rngs = {s: split_rng(self.seed, s) for s in SPLITS}
         splits = {s: [self.sample(rngs[s]) for _ in range(sizes[s])] for s in SPLITS}

@@ -8,6 +8,7 @@ the task for the loss to minimise and for metric sums that it pools over a whole
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -61,7 +62,7 @@ class Batch:
     mask: torch.Tensor
     lengths: torch.Tensor
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(
             self.inputs.to(device, non_blocking=True),
             self.targets.to(device, non_blocking=True),
@@ -172,7 +173,7 @@ def check_int(key: str, value: Any, *, low: int | None = None, high: int | None 
 def check_float(key: str, value: Any, *, low: float | None = None, high: float | None = None) -> float:
     """``value`` (an int or a float) as a finite float in [low, high]."""
     valid = _range_text("a number", low, high)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or (low is not None and value < low) or (high is not None and value > high):
         raise ConfigError(f"task.{key}={value!r} is invalid: expected {valid}")
     return float(value)

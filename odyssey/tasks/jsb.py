@@ -106,9 +106,11 @@ class JSBConfig(TaskConfig):
     def path(self) -> Path:
         return Path(self.data_dir) / FILES[self.format]
 
-    def build(self) -> "JSBTask":
+    def build(self) -> JSBTask:
         rolls = load_piano_rolls(self.path, verify_sha256=self.verify_sha256)
-        splits = {s: [Sequence(r[:-1], r[1:], torch.ones(len(r) - 1, dtype=torch.bool)) for r in rolls[s]] for s in SPLITS}
+        splits = {
+            s: [Sequence(r[:-1], r[1:], torch.ones(len(r) - 1, dtype=torch.bool)) for r in rolls[s]] for s in SPLITS
+        }
         return JSBTask(splits)
 
 
@@ -177,7 +179,7 @@ def load_piano_rolls(path: str | Path, *, verify_sha256: bool = True) -> dict[st
         return readers[suffix](path)
     except DataError:
         raise
-    except Exception as exc:  # any loader failure on a corrupt file is the file's fault
+    except Exception as exc:  # noqa: BLE001 - any loader failure on a corrupt file is the file's fault
         raise DataError(f"JSB data file {path} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
 
 

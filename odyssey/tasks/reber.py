@@ -130,7 +130,7 @@ class ReberConfig(TaskConfig):
             check_int(key, getattr(self, key), low=1)
         check_int("seed", self.seed, low=0)
 
-    def build(self) -> "ReberTask":
+    def build(self) -> ReberTask:
         sizes = {"train": self.num_train, "valid": self.num_valid, "test": self.num_test}
         rngs = {s: split_rng(self.seed, s) for s in SPLITS}
         splits = {s: [self.sample(rngs[s]) for _ in range(sizes[s])] for s in SPLITS}

@@ -79,7 +79,7 @@ class TemporalOrderConfig(TaskConfig):
             check_int(key, getattr(self, key), low=1)
         check_int("seed", self.seed, low=0)
 
-    def build(self) -> "TemporalOrderTask":
+    def build(self) -> TemporalOrderTask:
         sizes = {"train": self.num_train, "valid": self.num_valid, "test": self.num_test}
         rngs = {s: split_rng(self.seed, s) for s in SPLITS}
         splits = {s: [self.sample(rngs[s]) for _ in range(sizes[s])] for s in SPLITS}
