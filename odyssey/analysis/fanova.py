@@ -6,7 +6,8 @@ functional ANOVA decomposition under the uniform measure on the box is exact and
 
 * the marginal prediction over a set of dimensions ``U`` at ``x_U`` averages the tree over the
   other dimensions: ``a_U(x_U) = sum_l v_l * [x_U in leaf_l|U] * vol_{-U}(leaf_l) / vol_{-U}(box)``;
-  it is piecewise constant on the grid formed by the tree's split thresholds on ``U``;
+  its variance is exact from the pairwise overlaps of the leaves along ``U``:
+  ``E[a_U^2] = sum_{l,l'} v_l w_l v_l' w_l' prod_{u in U} overlap_u(l, l')`` (no grid);
 * ``V_U = Var(a_U) - sum of V_W over the non-empty proper subsets W of U``;
 * the fraction of ``U`` is ``V_U / Var(tree)``; fractions are computed per tree and averaged
   over the trees (as the reference implementation, ``automl/fanova``, does).
@@ -14,8 +15,8 @@ functional ANOVA decomposition under the uniform measure on the box is exact and
 Why not Optuna: ``optuna.importance.FanovaImportanceEvaluator`` (public) returns normalised main
 effects only. Its private ``optuna.importance._fanova._tree._FanovaTree`` computes marginal
 variances of arbitrary feature sets, but it is a private module with no stability promise
-(underscored package, not in any ``__all__``) and loops in Python over every grid cell, which is
-slow for pairs. So the per-tree computation is written here, vectorised with NumPy; the tests
+(underscored package, not in any ``__all__``) and loops in Python over every cell of the grid of split
+points, which is slow for pairs. So the per-tree computation is written here, vectorised with NumPy; the tests
 check it against ``_FanovaTree`` where that is importable, and against analytic decompositions.
 
 Example:
@@ -88,16 +89,6 @@ class _TreeBoxes:
         raise ValueError("marginals are computed for one or two dimensions")
 
 
-def _cells(bounds: np.ndarray, thresholds: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Midpoints and relative widths of the cells that ``thresholds`` cut ``bounds[dim]`` into."""
-    lo, hi = bounds[dim]
-    edges = np.concatenate(([lo], thresholds, [hi]))
-    width = np.diff(edges)
-    total = hi - lo
-    rel = width / total if total > 0 else np.ones_like(width)
-    return 0.5 * (edges[1:] + edges[:-1]), rel
-
-
 def _extract_tree(tree: object, bounds: np.ndarray) -> _TreeBoxes:
     """Walk a fitted ``sklearn.tree._tree.Tree`` and return its leaves as boxes."""
     d = bounds.shape[0]
@@ -134,29 +125,46 @@ def _extract_tree(tree: object, bounds: np.ndarray) -> _TreeBoxes:
     )
 
 
-def _weighted_var(values: np.ndarray, weights: np.ndarray) -> float:
-    mean = np.sum(weights * values) / np.sum(weights)
-    return float(np.sum(weights * (values - mean) ** 2) / np.sum(weights))
+def _overlap(tree: _TreeBoxes, dim: int, rows: slice) -> np.ndarray:
+    """``(r, L)`` relative length of the intersection of leaves ``rows`` and all leaves on ``dim``."""
+    lo, hi = tree.lo[:, dim], tree.hi[:, dim]
+    span = float(np.max(hi) - np.min(lo))
+    inter = np.clip(np.minimum(hi[rows, None], hi[None, :]) - np.maximum(lo[rows, None], lo[None, :]), 0.0, None)
+    return inter / span if span > 0 else np.ones_like(inter)
+
+
+def _marginal_second_moment(tree: _TreeBoxes, dims: Sequence[int], centred: np.ndarray, chunk: int = 1024) -> float:
+    """``E[a_U(x_U)^2]`` of the marginal over ``dims`` of the tree with leaf values ``centred``.
+
+    ``a_U(x_U) = sum_l c_l w_l [x_U in leaf_l|U]`` with ``w_l`` the leaf's relative volume over
+    the other dimensions, so ``E[a_U^2] = sum_{l,l'} c_l w_l c_l' w_l' prod_{u in U}
+    overlap_u(l, l')``: exact, no grid, O(L^2) per set, computed in row chunks.
+    """
+    vw = centred * tree.other_weight(dims)
+    total = 0.0
+    for start in range(0, len(vw), chunk):
+        rows = slice(start, start + chunk)
+        prod = _overlap(tree, dims[0], rows)
+        for u in dims[1:]:
+            prod *= _overlap(tree, u, rows)
+        total += float(vw[rows] @ prod @ vw)
+    return total
 
 
 def _tree_variances(tree: _TreeBoxes, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Main-effect variances ``(d,)`` and pairwise variances ``(d, d)`` (upper triangle)."""
     d = bounds.shape[0]
-    cells = [_cells(bounds, tree.thresholds[j], j) for j in range(d)]
+    mean, _ = tree.mean_and_variance()
+    centred = tree.value - mean  # the marginals of the centred tree have mean 0
     main = np.zeros(d)
     for j in range(d):
-        if tree.thresholds[j].size == 0:
-            continue  # the tree never splits on j: its marginal is constant
-        mid, w = cells[j]
-        main[j] = _weighted_var(tree.marginal([j], [mid]), w)
+        if tree.thresholds[j].size:  # a tree that never splits on j has a constant marginal
+            main[j] = _marginal_second_moment(tree, [j], centred)
     pair = np.zeros((d, d))
     for a, b in itertools.combinations(range(d), 2):
-        if tree.thresholds[a].size == 0 or tree.thresholds[b].size == 0:
-            continue  # no split on one of them: no interaction
-        (ma, wa), (mb, wb) = cells[a], cells[b]
-        marg = tree.marginal([a, b], [ma, mb])
-        v_ab = _weighted_var(marg.ravel(), np.outer(wa, wb).ravel())
-        pair[a, b] = max(v_ab - main[a] - main[b], 0.0)  # clip round-off below zero
+        if tree.thresholds[a].size and tree.thresholds[b].size:
+            v_ab = _marginal_second_moment(tree, [a, b], centred)
+            pair[a, b] = max(v_ab - main[a] - main[b], 0.0)  # clip round-off below zero
     return main, pair
 
 

@@ -1,0 +1,48 @@
+"""``odyssey analyze <study>``: read a study from MLflow, analyse it, print the tables."""
+
+from __future__ import annotations
+
+import argparse
+
+from odyssey.analysis.report import MIN_FANOVA_TRIALS, analyze_study, format_terminal
+from odyssey.analysis.study import default_tracking_uri, load_study
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="odyssey analyze",
+        description="Variant comparison (Welch t-tests vs vanilla) and fANOVA hyperparameter "
+        "importance of a study recorded in MLflow; writes an HTML report, figures and tables.",
+    )
+    p.add_argument("study", help="study name (= MLflow experiment name)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlruns.db)")
+    p.add_argument("--out", default=None, help="output folder (default: analysis/<study>)")
+    p.add_argument("--min-trials", type=int, default=MIN_FANOVA_TRIALS, help=f"fewest full-budget trials for a fANOVA fit (default {MIN_FANOVA_TRIALS})")
+    p.add_argument("--n-trees", type=int, default=64, help="trees in the fANOVA forest (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fANOVA forest")
+    p.add_argument("--no-log", action="store_true", help="do not log the outputs to MLflow")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Run ``odyssey analyze``; returns the exit code.
+
+    User errors (unknown study, unreachable server, no trials) are raised as
+    ``odyssey.errors.OdysseyError`` subclasses, which the top-level CLI prints as one line.
+    """
+    args = build_parser().parse_args(argv)
+    if args.min_trials < 2:
+        from odyssey.errors import ConfigError
+
+        raise ConfigError(f"--min-trials must be at least 2, got {args.min_trials}")
+    study = load_study(args.study, tracking_uri=args.tracking_uri or default_tracking_uri())
+    report = analyze_study(
+        study,
+        out_dir=args.out or f"analysis/{args.study}",
+        min_trials=args.min_trials,
+        log=not args.no_log,
+        n_trees=args.n_trees,
+        seed=args.seed,
+    )
+    print(format_terminal(report))
+    return 0

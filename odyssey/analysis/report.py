@@ -1,0 +1,257 @@
+"""``analyze_study``: the whole analysis of one study, written to a folder (HTML report, PNG
+figures, CSV/JSON tables, DeepCAVE export) and logged to MLflow.
+
+Layout of the output folder::
+
+    report.html            one self-contained file: tables + figures (base64 PNGs) + rules
+    summary.json           counts, messages, rules, fANOVA fractions, comparison rows
+    trials.csv             every trial read from MLflow
+    counts.csv             per (task, variant): trials by status, how many enter each analysis
+    comparison.csv         Welch t-tests per task: each variant vs vanilla, all and top 10 %
+    fanova.csv             per (task, variant): fraction (and std over trees) per key
+    figures/box_<task>.png, figures/fanova_<task>_<variant>.png,
+    figures/marginals_<task>_<variant>.png, figures/pairs_<task>_<variant>.png
+    deepcave/<task>/<variant>/   DeepCAVE runs
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from odyssey.analysis import figures
+from odyssey.analysis.compare import BASELINE, welch_table
+from odyssey.analysis.deepcave import export_deepcave
+from odyssey.analysis.errors import TooFewTrialsError
+from odyssey.analysis.fanova import FanovaResult, fanova
+from odyssey.analysis.rules import RULES, count_table, fanova_mask, ttest_mask
+from odyssey.analysis.study import COORDINATES, Study, coordinates, load_study
+
+MIN_FANOVA_TRIALS = 10
+MIN_GROUP_TRIALS = 2
+
+
+@dataclass
+class AnalysisReport:
+    """What ``analyze_study`` produced.
+
+    Attributes:
+        study: the study analysed. out_dir: the output folder. html: the report file.
+        counts, comparison, fanova_table: the tables (pandas). fanova: results per (task, variant).
+        messages: plain sentences about what was skipped and why. figures: PNG paths.
+        analysis_run_id: the MLflow run holding the artifacts (None with ``log=False``).
+    """
+
+    study: Study
+    out_dir: Path
+    html: Path
+    counts: pd.DataFrame
+    comparison: pd.DataFrame
+    fanova_table: pd.DataFrame
+    fanova: dict[tuple[str, str], FanovaResult] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+    analysis_run_id: str | None = None
+
+
+def _slug(*parts: str) -> str:
+    return "_".join("".join(c if c.isalnum() or c in "-." else "-" for c in p) for p in parts)
+
+
+def _fanova_rows(task: str, variant: str, n: int, res: FanovaResult | None, note: str) -> list[dict]:
+    if res is None:
+        return [{"task": task, "variant": variant, "n": n, "key": "", "fraction": math.nan, "std": math.nan, "note": note}]
+    rows = []
+    for k, v in res.items():
+        key = k if isinstance(k, str) else " x ".join(k)
+        rows.append({"task": task, "variant": variant, "n": n, "key": key, "fraction": v, "std": res.std[k], "note": ""})
+    rows.append({"task": task, "variant": variant, "n": n, "key": "higher-order + unexplained", "fraction": res.remainder, "std": math.nan, "note": ""})
+    return rows
+
+
+def _comparison_messages(trials: pd.DataFrame, used: pd.DataFrame, baseline: str) -> list[str]:
+    msgs = []
+    for task, g in trials.groupby("task", sort=True):
+        if baseline not in set(g["variant"]):
+            msgs.append(f"task {task}: no {baseline} runs, variant comparison skipped (variants: {', '.join(sorted(set(g['variant'])))})")
+            continue
+        u = used[used["task"] == task]
+        n_div = int((g["status"] == "diverged").sum())
+        if len(g) and n_div == len(g):
+            msgs.append(f"task {task}: all {n_div} trials diverged; nothing to compare and no fANOVA")
+        for v, n in u.groupby("variant").size().items():
+            if n < MIN_GROUP_TRIALS:
+                msgs.append(f"task {task}, {v}: {n} usable trial(s), fewer than {MIN_GROUP_TRIALS}: no t-test")
+    return msgs
+
+
+def analyze_study(
+    study: Study | str,
+    *,
+    tracking_uri: str | None = None,
+    out_dir: Path | str = "analysis",
+    min_trials: int = MIN_FANOVA_TRIALS,
+    log: bool = True,
+    n_trees: int = 64,
+    seed: int = 0,
+    baseline: str = BASELINE,
+) -> AnalysisReport:
+    """Analyse a study: variant comparison, fANOVA, figures, tables, report, MLflow artifacts.
+
+    Args:
+        study: a loaded Study or the study's name (read from ``tracking_uri``).
+        tracking_uri: MLflow tracking URI when ``study`` is a name.
+        out_dir: output folder (created).
+        min_trials: fewest trials for a fANOVA fit of one (task, variant).
+        log: log the outputs as MLflow artifacts.
+        n_trees, seed: the fANOVA forest.
+        baseline: the variant the others are compared with.
+
+    Raises:
+        StudyNotFoundError, ServiceError: see ``load_study``.
+        TooFewTrialsError: the study has no trial runs at all.
+    """
+    if isinstance(study, str):
+        study = load_study(study, tracking_uri=tracking_uri)
+    trials = study.trials
+    if trials.empty:
+        raise TooFewTrialsError(f"study {study.name!r} has no trial runs (tag odyssey.role=trial) at {study.tracking_uri}")
+    out = Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    labels = dict(COORDINATES)
+
+    counts = count_table(trials)
+    used = trials[ttest_mask(trials)]
+    comparison = welch_table(used, baseline=baseline, min_per_group=MIN_GROUP_TRIALS)
+    messages = _comparison_messages(trials, used, baseline)
+    report = AnalysisReport(study, out, out / "report.html", counts, comparison, pd.DataFrame(), messages=messages)
+
+    # Box plots: one per task, every variant side by side.
+    for task, g in used.groupby("task", sort=True):
+        order = sorted(set(g["variant"]), key=lambda v: (v != baseline, v))
+        values = {v: g.loc[g["variant"] == v, "test"].to_numpy(dtype=float) for v in order}
+        report.figures.append(figures.box_plot(task, values, comparison, str(g["metric"].iloc[0]), out / "figures" / f"box_{_slug(task)}.png"))
+
+    # fANOVA per (task, variant).
+    fit = trials[fanova_mask(trials)]
+    pair_files: dict[tuple[str, str], list[Path]] = {}
+    rows: list[dict] = []
+    for (task, variant), g0 in trials.groupby(["task", "variant"], sort=True):
+        g = fit[(fit["task"] == task) & (fit["variant"] == variant)]
+        if len(g) < min_trials:
+            note = f"{len(g)} trial(s) completed with full budget, fewer than {min_trials}: no fANOVA"
+            messages.append(f"task {task}, {variant}: {note}")
+            rows += _fanova_rows(task, variant, len(g), None, note)
+            continue
+        if np.ptp(g["test"].to_numpy(dtype=float)) == 0:
+            note = "the test metric is constant over these trials: no variance to decompose"
+            messages.append(f"task {task}, {variant}: {note}")
+            rows += _fanova_rows(task, variant, len(g), None, note)
+            continue
+        res = fanova(coordinates(g), g["test"].to_numpy(dtype=float), list(COORDINATES), n_trees=n_trees, seed=seed)
+        report.fanova[(task, variant)] = res
+        rows += _fanova_rows(task, variant, len(g), res, "")
+        metric, s = str(g["metric"].iloc[0]), _slug(task, variant)
+        title = f"{task} / {variant}: fANOVA on {len(g)} trials (test {metric})"
+        pf = [
+            figures.importance_bars(res, title, out / "figures" / f"fanova_{s}.png", labels=labels),
+            figures.marginal_curves(res, title, out / "figures" / f"marginals_{s}.png", metric=metric, labels=labels),
+            figures.pairwise_heatmaps(res, title, out / "figures" / f"pairs_{s}.png", metric=metric, labels=labels),
+        ]
+        report.figures += pf
+        pair_files[(task, variant)] = pf
+    report.fanova_table = pd.DataFrame(rows, columns=["task", "variant", "n", "key", "fraction", "std", "note"])
+
+    # Tables, DeepCAVE export, report.
+    trials.to_csv(out / "trials.csv", index=False)
+    counts.to_csv(out / "counts.csv", index=False)
+    comparison.to_csv(out / "comparison.csv", index=False)
+    report.fanova_table.to_csv(out / "fanova.csv", index=False)
+    export_deepcave(trials, out / "deepcave")
+    summary = {
+        "study": study.name,
+        "tracking_uri": study.tracking_uri,
+        "rules": RULES,
+        "messages": messages,
+        "counts": counts.to_dict(orient="records"),
+        "comparison": json.loads(comparison.to_json(orient="records")),
+        "fanova": json.loads(report.fanova_table.to_json(orient="records")),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    for key, files in pair_files.items():
+        t = report.fanova_table
+        sel = t[(t["task"] == key[0]) & (t["variant"] == key[1])]
+        csv = out / "figures" / f"fanova_{_slug(*key)}.csv"
+        sel.to_csv(csv, index=False)
+        files.append(csv)
+    write_html(report)
+    if log:
+        from odyssey.analysis.artifacts import log_analysis
+
+        report.analysis_run_id = log_analysis(study, out, pair_files)
+    return report
+
+
+def _table_html(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, na_rep="", float_format=lambda x: f"{x:.4g}", border=0, classes="t")
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"></figure>'
+
+
+def write_html(report: AnalysisReport) -> Path:
+    """Write ``report.html``: one file, figures embedded as base64 data URIs."""
+    r, esc = report, html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>odyssey analysis: {esc(r.study.name)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table.t{border-collapse:collapse;font-size:12px}"
+        "table.t td,table.t th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}</style></head><body>",
+        f"<h1>Study {esc(r.study.name)}</h1><p>Tracking URI: {esc(r.study.tracking_uri)}; {len(r.study.trials)} trials.</p>",
+        "<h2>Rules</h2><ul>" + "".join(f"<li>{esc(x)}</li>" for x in RULES) + "</ul>",
+    ]
+    if r.messages:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(m)}</li>" for m in r.messages) + "</ul>")
+    parts += ["<h2>Trials by status</h2>", _table_html(r.counts)]
+    parts.append("<h2>Variant comparison (Welch t-test vs vanilla, p &lt; 0.05)</h2>")
+    parts.append(_table_html(r.comparison) if not r.comparison.empty else "<p>No task has vanilla runs: comparison skipped.</p>")
+    for p in r.figures:
+        if p.name.startswith("box_"):
+            parts.append(_img(p))
+    parts += ["<h2>fANOVA: fraction of variance per hyperparameter and pair</h2>", _table_html(r.fanova_table)]
+    for p in r.figures:
+        if not p.name.startswith("box_"):
+            parts.append(_img(p))
+    parts.append("</body></html>")
+    r.html.write_text("\n".join(parts))
+    return r.html
+
+
+def format_terminal(report: AnalysisReport) -> str:
+    """The tables as plain text for the terminal."""
+    lines = [f"study {report.study.name}: {len(report.study.trials)} trials", "", "Trials by status:", report.counts.to_string(index=False), ""]
+    if report.comparison.empty:
+        lines.append("Variant comparison: skipped (no vanilla runs).")
+    else:
+        cols = ["task", "variant", "subset", "n", "mean", "median", "std", "params_count", "p_value", "significant", "direction", "note"]
+        lines += ["Variant comparison (Welch t-test vs vanilla, p < 0.05):", report.comparison[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}")]
+    lines.append("")
+    ft = report.fanova_table
+    if not ft.empty and ft["key"].ne("").any():
+        wide = ft[ft["key"] != ""].pivot_table(index=["task", "variant", "n"], columns="key", values="fraction", sort=False)
+        lines += ["fANOVA fractions of variance:", wide.to_string(float_format=lambda x: f"{x:.3f}")]
+    if report.messages:
+        lines += ["", "Notes:", *[f"  - {m}" for m in report.messages]]
+    lines += ["", f"report: {report.html}"]
+    if report.analysis_run_id:
+        lines.append(f"logged to MLflow run {report.analysis_run_id} ({report.study.tracking_uri})")
+    return "\n".join(lines)
