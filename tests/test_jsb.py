@@ -102,11 +102,13 @@ def test_data_dir_resolution_order(tmp_path, monkeypatch):
     monkeypatch.delenv("ODYSSEY_DATA_DIR")
     shared = ROOT.parent / "shared" / "data" / "jsb"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    expected = shared.resolve() if shared.is_dir() else tmp_path / "cache" / "odyssey" / "data" / "jsb"
-    assert default_data_dir() == expected
+    cache = tmp_path / "cache" / "odyssey" / "data" / "jsb"
+    assert default_data_dir() == (shared.resolve() if shared.is_dir() else cache)
+    assert default_data_dir(include_shared=False) == cache  # where `odyssey data fetch jsb` writes
 
 
 def test_config_makes_data_dir_absolute(tmp_path, monkeypatch):
+    tmp_path = tmp_path.resolve()
     monkeypatch.chdir(tmp_path)
     assert JSBConfig(data_dir="rel/dir").data_dir == str(tmp_path / "rel" / "dir")
     monkeypatch.setenv("ODYSSEY_JSB_DIR", "env/dir")

@@ -108,13 +108,17 @@ def main(argv: list[str]) -> int:
     """``odyssey data fetch <dataset> [--dest DIR] [--url URL]``; returns the exit code."""
     parser = argparse.ArgumentParser(prog="odyssey data fetch", description="Download a benchmark data set.")
     parser.add_argument("dataset", help=f"one of: {', '.join(DATASETS)}")
-    parser.add_argument("--dest", default=None, help="destination folder (default: where the task looks for it)")
+    parser.add_argument(
+        "--dest",
+        default=None,
+        help="destination folder (default: $ODYSSEY_JSB_DIR, $ODYSSEY_DATA_DIR/jsb or ~/.cache/odyssey/data/jsb)",
+    )
     parser.add_argument("--url", default=JSB_URL, help="download address (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.dataset not in DATASETS:
         print(f"error: unknown dataset {args.dataset!r}; valid datasets: {', '.join(DATASETS)}", file=sys.stderr)
         return 2
-    dest = Path(args.dest) if args.dest else default_data_dir()
+    dest = Path(args.dest) if args.dest else default_data_dir(include_shared=False)
     print(f"fetching {args.dataset} from {args.url} into {dest}", file=sys.stderr)
     try:
         path = fetch_jsb(dest, url=args.url)

@@ -66,14 +66,17 @@ _MAT_KEYS = {"train": "traindata", "valid": "validdata", "test": "testdata"}
 _HOW_TO_FIX = "set task.data_dir or $ODYSSEY_JSB_DIR to the folder holding it, or run `odyssey data fetch jsb`"
 
 
-def default_data_dir() -> Path:
-    """The data directory used when ``data_dir`` is null (see the module docstring), absolute."""
+def default_data_dir(*, include_shared: bool = True) -> Path:
+    """The data directory used when ``data_dir`` is null (see the module docstring), absolute.
+
+    ``include_shared=False`` skips the (read-only) shared copy: where ``odyssey data fetch`` writes.
+    """
     if os.environ.get("ODYSSEY_JSB_DIR"):
         return Path(os.environ["ODYSSEY_JSB_DIR"]).expanduser().resolve()
     if os.environ.get("ODYSSEY_DATA_DIR"):
         return (Path(os.environ["ODYSSEY_DATA_DIR"]).expanduser() / "jsb").resolve()
     shared = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "jsb"
-    if shared.is_dir():
+    if include_shared and shared.is_dir():
         return shared
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
     return (cache / "odyssey" / "data" / "jsb").resolve()
