@@ -85,6 +85,10 @@ class SearchSpace:
 
     params: tuple[Param, ...]
 
+    def tune_keys(self) -> tuple[str, ...]:
+        """The names Ray Tune samples (without importing Ray)."""
+        return tuple(p.tune_key for p in self.params)
+
     def tune_space(self) -> dict[str, Any]:
         """The flat ``param_space`` for ``ray.tune.Tuner``: tune key -> domain."""
         return {p.tune_key: p.domain() for p in self.params}

@@ -1,0 +1,241 @@
+"""Run a study: one Ray Tune ``Tuner`` per (task, variant) search, one MLflow parent run each.
+
+Order of events for ``run_sweep``:
+
+1. check the tracking store and the Ray address (one clear ``ServiceError`` each, before any
+   trial starts);
+2. connect to Ray (``ray.address``, ``$RAY_ADDRESS``, a Ray job's cluster or a local runtime);
+3. for each search: the parent run (reused on resume), then ``Tuner.fit()`` or, with
+   ``resume=true`` and saved state, ``Tuner.restore(...).fit()`` (finished trials are not rerun,
+   interrupted ones continue from their last checkpoint, errored ones are resumed);
+4. close the parent run with the counts of trials by MLflow status.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from odyssey.errors import ConfigError, ServiceError
+from odyssey.sweep import mlflow_runs
+from odyssey.sweep.study import SearchPlan, SweepConfig
+from odyssey.tracking import STATUSES, TAG_ROLE, TAG_STATUS
+
+__all__ = ["SearchOutcome", "check_ray_address", "run_sweep"]
+
+# Tune snapshots the experiment state at most this often (seconds): a killed driver loses at most
+# this much bookkeeping (trials themselves resume from their own checkpoints).
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+# Ray would otherwise print its own large trial tables; our ProgressCallback prints instead.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+@dataclass
+class SearchOutcome:
+    task: str
+    variant: str
+    parent_run_id: str
+    counts: dict[str, int] = field(default_factory=dict)  # MLflow status -> number of trial runs
+    best: float | None = None
+
+
+def check_ray_address(address: str | None, *, timeout: float = 3.0) -> None:
+    """A configured cluster address (or ``$RAY_ADDRESS``) must accept a TCP connection."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address in (None, "auto", "local"):
+        return
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    host, port = parsed.hostname, parsed.port
+    if not host or not port:
+        raise ConfigError(f"ray.address={address!r} is invalid: expected HOST:PORT, ray://HOST:PORT, auto or null")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as exc:
+        raise ServiceError(
+            f"Ray cluster at {address} is not reachable ({exc.strerror or exc}); start it (`ray start --head`) "
+            "or fix ray.address / RAY_ADDRESS"
+        ) from None
+
+
+def run_sweep(sweep: SweepConfig) -> list[SearchOutcome]:
+    """Run every search of ``sweep`` (see the module docstring)."""
+    import ray
+
+    mlflow_runs.check_tracking_server(sweep.tracking_uri)
+    check_ray_address(sweep.ray_address)
+    experiment_id = mlflow_runs.ensure_experiment(sweep.tracking_uri, sweep.study.name)
+    _check_fresh(sweep)
+
+    started = False
+    if not ray.is_initialized():
+        # Trials' own output stays in the Ray logs; the driver prints the progress view only.
+        ray.init(address=sweep.ray_address, runtime_env=_runtime_env(), log_to_driver=False)
+        started = True
+    try:
+        print(
+            f"study {sweep.study.name!r}: {len(sweep.searches)} search(es) x {sweep.study.num_samples} trial(s); "
+            f"MLflow {sweep.tracking_uri} (experiment {sweep.study.name!r}); Ray results {sweep.storage_path}",
+            flush=True,
+        )
+        return [_run_search(sweep, plan, experiment_id) for plan in sweep.searches]
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> SearchOutcome:
+    from ray import tune
+
+    from odyssey.sweep.callbacks import MlflowStatusCallback, ProgressCallback
+    from odyssey.sweep.trainable import TrialContext, run_trial
+
+    study = sweep.study
+    parent = mlflow_runs.start_parent_run(
+        sweep.tracking_uri,
+        experiment_id,
+        study=study.name,
+        task=plan.task,
+        variant=plan.variant,
+        tags={
+            **mlflow_runs.search_tags(
+                sweep.search.name, sweep.scheduler.name, study.num_samples, plan.primary_metric, plan.lower_is_better
+            ),
+            mlflow_runs.TAG_OVERRIDES: " ".join(sweep.overrides)[:4000],
+        },
+        resume=sweep.resume,
+    )
+    ctx = TrialContext(
+        plan=plan,
+        space=sweep.space,
+        tracking_uri=sweep.tracking_uri,
+        experiment_name=study.name,
+        experiment_id=experiment_id,
+        parent_run_id=parent,
+        study=study.name,
+        search=sweep.search.name,
+        scheduler=sweep.scheduler.name,
+        checkpoint_every=study.checkpoint_every,
+    )
+    resources = {"cpu": study.resources_per_trial.cpu, "gpu": study.resources_per_trial.gpu}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+    path = _search_path(sweep, plan)
+
+    if sweep.resume and tune.Tuner.can_restore(str(path)):
+        print(f"[{plan.task}/{plan.variant}] resuming from {path}", flush=True)
+        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=sweep.space.tune_space(),
+            tune_config=tune.TuneConfig(
+                metric=plan.metric,
+                mode=plan.mode,
+                num_samples=study.num_samples,
+                search_alg=_search_alg(sweep),
+                scheduler=_scheduler(sweep, plan),
+                # random search limits concurrency itself (max_concurrent below); Searchers via Tune
+                max_concurrent_trials=study.max_concurrent_trials if sweep.search.name != "random" else None,
+            ),
+            run_config=tune.RunConfig(
+                name=path.name,
+                storage_path=str(path.parent),
+                failure_config=tune.FailureConfig(max_failures=study.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[
+                    ProgressCallback(
+                        f"{plan.task}/{plan.variant}", plan.metric, plan.mode, study.num_samples, study.progress_interval_s
+                    ),
+                    MlflowStatusCallback(ctx),
+                ],
+                verbose=0,
+            ),
+        )
+    tuner.fit()
+    outcome = _outcome(sweep, plan, experiment_id, parent)
+    mlflow_runs.finish_parent_run(
+        sweep.tracking_uri, parent, counts=outcome.counts, best=outcome.best, metric=plan.metric
+    )
+    return outcome
+
+
+def _search_path(sweep: SweepConfig, plan: SearchPlan) -> Path:
+    return sweep.storage_path / sweep.study.name / plan.key
+
+
+def _check_fresh(sweep: SweepConfig) -> None:
+    """Without ``resume=true``, a search whose Tune state exists would be run a second time."""
+    if sweep.resume:
+        return
+    from ray import tune
+
+    existing = [str(_search_path(sweep, p)) for p in sweep.searches if tune.Tuner.can_restore(str(_search_path(sweep, p)))]
+    if existing:
+        raise ConfigError(
+            f"study {sweep.study.name!r} already has Ray Tune state at {existing[0]}"
+            + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
+            + "; continue it with resume=true, or start a new study with study.name=<new> "
+            "(or another study.storage_path)"
+        )
+
+
+def _search_alg(sweep: SweepConfig):
+    if sweep.search.name == "tpe":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        sampler = optuna.samplers.TPESampler(seed=sweep.seed, n_startup_trials=sweep.search.n_startup_trials)
+        return OptunaSearch(sampler=sampler)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=sweep.study.max_concurrent_trials or 0)
+
+
+def _scheduler(sweep: SweepConfig, plan: SearchPlan):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if sweep.scheduler.name == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=sweep.scheduler.max_t or plan.base.train.max_epochs,
+            grace_period=sweep.scheduler.grace_period,
+            reduction_factor=sweep.scheduler.reduction_factor,
+        )
+    return FIFOScheduler()
+
+
+def _runtime_env() -> dict | None:
+    """Ship the ``odyssey`` package to the workers when it is not installed (a source checkout)."""
+    import odyssey
+
+    package = Path(list(odyssey.__path__)[0]).resolve()  # a namespace package: no __file__
+    if "site-packages" in package.parts or os.environ.get("RAY_JOB_ID"):
+        return None  # installed, or a Ray job whose working_dir already carries the project
+    return {"py_modules": [str(package)], "excludes": ["__pycache__", "*.pyc"]}
+
+
+def _outcome(sweep: SweepConfig, plan: SearchPlan, experiment_id: str, parent: str) -> SearchOutcome:
+    """Counts by status, read back from MLflow (the system of record), and the best value."""
+    runs = mlflow_runs.client(sweep.tracking_uri).search_runs(
+        [experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and tags.`{TAG_ROLE}` = 'trial'",
+        max_results=10_000,
+    )
+    counts = {s: 0 for s in STATUSES}
+    best = None
+    key = f"best_val/{plan.primary_metric}"
+    for run in runs:
+        status = run.data.tags.get(TAG_STATUS, "running")
+        counts[status] = counts.get(status, 0) + 1
+        value = run.data.metrics.get(key)
+        if value is not None and value == value and (best is None or (value < best) == plan.lower_is_better):
+            best = value
+    outcome = SearchOutcome(plan.task, plan.variant, parent, counts, best)
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    print(f"[{plan.task}/{plan.variant}] finished: {summary or 'no trials'}"
+          + (f"; best {key} {best:.4g}" if best is not None else ""), flush=True)  # fmt: skip
+    return outcome

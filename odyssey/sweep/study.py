@@ -1,0 +1,260 @@
+"""The typed study config: tasks x variants x a search space x a trial budget.
+
+``odyssey sweep`` composes ``conf/sweep.yaml`` (the ``train`` config plus the groups
+``search_space``, ``search``, ``scheduler`` and an optional ``experiment``) and calls
+:func:`load_sweep`, which checks everything that can be checked before a trial starts:
+
+* the study keys and their types (unknown keys fail, with the valid ones);
+* every task and variant name (against ``conf/task`` and ``conf/variant``);
+* every (task, variant) trial config, composed with ``variant=<v> task=<t>`` and the user's
+  overrides, and each search-space bound applied to it (so ``train.lr`` low = 0 fails here).
+
+Example:
+    >>> sweep = load_sweep(["experiment=quickstart", "study.num_samples=2"])  # doctest: +SKIP
+    >>> [(s.task, s.variant) for s in sweep.searches]  # doctest: +SKIP
+    [('adding', 'vanilla'), ('adding', 'nfg')]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from odyssey.config import TrackingConfig, TrialConfig, compose, config_dir, trial_config, typed
+from odyssey.errors import ConfigError, OdysseyError
+from odyssey.sweep.search_space import SearchSpace, translate
+
+__all__ = [
+    "ResourcesConfig",
+    "SchedulerConfig",
+    "SearchConfig",
+    "SearchPlan",
+    "StudyConfig",
+    "SweepConfig",
+    "load_sweep",
+]
+
+SEARCHES = ("random", "tpe")
+SCHEDULERS = ("fifo", "asha")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The search algorithm: ``random`` (the paper's) or ``tpe`` (Optuna's TPE via Ray Tune)."""
+
+    name: str = "random"
+    n_startup_trials: int = 10  # tpe: random trials before TPE models the space
+
+    def __post_init__(self) -> None:
+        _check(self.name in SEARCHES, "search.name", self.name, f"one of {list(SEARCHES)}")
+        _check(self.n_startup_trials >= 1, "search.n_startup_trials", self.n_startup_trials, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """The trial scheduler: ``fifo`` (every trial runs to its end, the paper) or ``asha``."""
+
+    name: str = "fifo"
+    grace_period: int = 1  # asha: epochs before a trial may be stopped
+    reduction_factor: float = 3.0
+    max_t: int | None = None  # asha: the epoch budget; null = train.max_epochs
+
+    def __post_init__(self) -> None:
+        _check(self.name in SCHEDULERS, "scheduler.name", self.name, f"one of {list(SCHEDULERS)}")
+        _check(self.grace_period >= 1, "scheduler.grace_period", self.grace_period, "an integer >= 1")
+        _check(self.reduction_factor > 1, "scheduler.reduction_factor", self.reduction_factor, "a float > 1")
+        _check(self.max_t is None or self.max_t >= 1, "scheduler.max_t", self.max_t, "null or an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """What one trial reserves: CPUs and GPUs (fractions let several trials share a GPU)."""
+
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.cpu > 0, "study.resources_per_trial.cpu", self.cpu, "a number > 0")
+        _check(self.gpu >= 0, "study.resources_per_trial.gpu", self.gpu, "a number >= 0")
+        _check(
+            self.gpu <= 1 or float(self.gpu).is_integer(),
+            "study.resources_per_trial.gpu", self.gpu, "a fraction <= 1 or a whole number",
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The ``study`` section. ``num_samples`` is the number of trials per (task, variant) search."""
+
+    name: str = "odyssey"
+    tasks: list[str] = field(default_factory=lambda: ["adding"])
+    variants: list[str] = field(default_factory=lambda: ["vanilla"])
+    num_samples: int = 10
+    max_concurrent_trials: int | None = None  # null: as many as the cluster's resources allow
+    resources_per_trial: ResourcesConfig = field(default_factory=ResourcesConfig)
+    max_failures: int = 2  # retries of a failed trial (exception, lost node), then 'failed'
+    storage_path: str | None = None  # Ray Tune results + checkpoints; null: ./ray_results (made absolute)
+    checkpoint_every: int = 1  # epochs between trial checkpoints (resume, retries)
+    progress_interval_s: float = 10.0  # seconds between progress lines
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and "/" not in self.name, "study.name", self.name, "a non-empty name without '/'")
+        _check(len(self.tasks) > 0, "study.tasks", self.tasks, "a non-empty list of task names")
+        _check(len(self.variants) > 0, "study.variants", self.variants, "a non-empty list of variant names")
+        _check(self.num_samples >= 1, "study.num_samples", self.num_samples, "an integer >= 1")
+        _check(
+            self.max_concurrent_trials is None or self.max_concurrent_trials >= 1,
+            "study.max_concurrent_trials", self.max_concurrent_trials, "null or an integer >= 1",
+        )  # fmt: skip
+        _check(self.max_failures >= 0, "study.max_failures", self.max_failures, "an integer >= 0")
+        _check(self.checkpoint_every >= 1, "study.checkpoint_every", self.checkpoint_every, "an integer >= 1")
+        _check(self.progress_interval_s > 0, "study.progress_interval_s", self.progress_interval_s, "a number > 0")
+        for key in ("tasks", "variants"):
+            dupes = sorted({v for v in getattr(self, key) if getattr(self, key).count(v) > 1})
+            _check(not dupes, f"study.{key}", getattr(self, key), f"a list without duplicates (repeated: {dupes})")
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """One (task, variant) search: its own Tuner, its own MLflow parent run."""
+
+    task: str
+    variant: str
+    base: TrialConfig  # the composed trial config; sampled hyperparameters are applied to it
+    primary_metric: str
+    lower_is_better: bool
+
+    @property
+    def key(self) -> str:
+        """Name of this search's Ray Tune experiment directory (and parent run)."""
+        return f"{self.task}__{self.variant}"
+
+    @property
+    def metric(self) -> str:
+        """The reported metric the scheduler and the progress view rank by."""
+        return f"val/{self.primary_metric}"
+
+    @property
+    def mode(self) -> str:
+        return "min" if self.lower_is_better else "max"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything ``odyssey sweep`` needs, checked."""
+
+    study: StudyConfig
+    search: SearchConfig
+    scheduler: SchedulerConfig
+    space: SearchSpace
+    searches: tuple[SearchPlan, ...]
+    tracking_uri: str
+    ray_address: str | None  # null: RAY_ADDRESS or a Ray job's cluster, else a local runtime
+    storage_path: Path  # absolute
+    seed: int
+    resume: bool
+    overrides: tuple[str, ...]  # the user's Hydra overrides (recorded on the parent runs)
+
+
+def load_sweep(overrides: Sequence[str], *, cwd: Path | None = None) -> SweepConfig:
+    """Compose ``conf/sweep.yaml`` with ``overrides`` and check the whole study (see module doc)."""
+    overrides = list(overrides)
+    cwd = (cwd or Path.cwd()).resolve()
+    cfg = compose("sweep", overrides)
+    study = _study(cfg)
+    search = typed(cfg.get("search"), SearchConfig, "search")
+    scheduler = typed(cfg.get("scheduler"), SchedulerConfig, "scheduler")
+    space = translate(_container(cfg, "search_space"), name="search_space")
+    _check_names("task", study.tasks)
+    _check_names("variant", study.variants)
+
+    task_meta: dict[str, tuple[str, bool]] = {}
+    searches = []
+    for task in study.tasks:
+        for variant in study.variants:
+            pair_cfg = compose("sweep", overrides + [f"task={task}", f"variant={variant}"])
+            base = trial_config(pair_cfg)
+            _check_space_against(space, base, task, variant)
+            if task not in task_meta:
+                task_meta[task] = _task_meta(base)
+            metric, lower = task_meta[task]
+            searches.append(SearchPlan(task, variant, base, metric, lower))
+
+    tracking = typed(cfg.get("tracking"), TrackingConfig, "tracking")
+    ray_cfg = cfg.get("ray") or {}
+    storage = Path(study.storage_path).expanduser() if study.storage_path else cwd / "ray_results"
+    return SweepConfig(
+        study=study,
+        search=search,
+        scheduler=scheduler,
+        space=space,
+        searches=tuple(searches),
+        tracking_uri=tracking.resolved_uri(cwd),
+        ray_address=ray_cfg.get("address") or None,
+        storage_path=(cwd / storage).resolve() if not storage.is_absolute() else storage.resolve(),
+        seed=int(cfg.get("seed", 0)),
+        resume=bool(cfg.get("resume", False)),
+        overrides=tuple(overrides),
+    )
+
+
+def _study(cfg: DictConfig) -> StudyConfig:
+    node = cfg.get("study")
+    if node is None:
+        raise ConfigError("the sweep config has no 'study' section (compose conf/sweep.yaml)")
+    raw = OmegaConf.to_container(node, resolve=True)
+    for key in ("tasks", "variants"):  # accept `study.tasks=adding` as a one-element list
+        if isinstance(raw.get(key), str):
+            raw[key] = [raw[key]]
+    resources = raw.pop("resources_per_trial", None)
+    study = typed(raw, StudyConfig, "study")
+    res = typed(resources or {}, ResourcesConfig, "study.resources_per_trial")
+    return StudyConfig(**{**study.__dict__, "resources_per_trial": res})
+
+
+def _check_names(group: str, names: Sequence[str]) -> None:
+    """Names of a config group must be files ``conf/<group>/<name>.yaml``."""
+    available = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ConfigError(f"study.{group}s: unknown {group}(s) {unknown}; available: {available}")
+
+
+def _check_space_against(space: SearchSpace, base: TrialConfig, task: str, variant: str) -> None:
+    """Apply each bound of the space to the trial config: a bound the config refuses fails now."""
+    for probe in space.extremes():
+        try:
+            base.replace(**probe)
+        except ConfigError as exc:
+            (section, values), = probe.items()
+            (key, value), = values.items()
+            raise ConfigError(
+                f"search_space.params.{section}.{key}: the bound {value!r} is invalid for "
+                f"task={task} variant={variant}: {exc}"
+            ) from None
+
+
+def _task_meta(base: TrialConfig) -> tuple[str, bool]:
+    """The task's primary metric and direction (builds the task once: this also checks its data)."""
+    try:
+        task = base.task.build()
+    except OdysseyError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"task {base.task.name!r} cannot be built: {exc}") from None
+    return task.primary_metric, bool(task.lower_is_better)
+
+
+def _container(cfg: DictConfig, key: str) -> Any:
+    node = cfg.get(key)
+    if node is None:
+        raise ConfigError(f"the sweep config has no '{key}' section")
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def _check(ok: bool, key: str, value: Any, valid: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: expected {valid}")

@@ -1,0 +1,168 @@
+"""The Ray Tune function trainable: one trial = ``train_trial`` with a callback that reports each
+epoch to Tune (with a checkpoint) and to the trial's MLflow run.
+
+Resume and retries continue the same MLflow run, without duplicate steps:
+
+* the checkpoint holds the trainer state, the MLflow run id and the epoch;
+* a trial restarted without a checkpoint (it failed before its first one) finds its run by the
+  tags ``odyssey.trial_id`` + ``mlflow.parentRunId``;
+* only epochs after the run's last logged epoch are logged (``MlflowTrialLogger`` reopens the run
+  knowing it; training is deterministic given the seed, so a re-run epoch is the one already logged);
+* a trial whose run already carries a final status (it finished, then the driver died before Tune
+  recorded it) is not trained again: its final metrics are reported back to Tune.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from odyssey.sweep.search_space import SearchSpace
+from odyssey.sweep.study import SearchPlan
+from odyssey.tracking import (
+    STATUS_COMPLETED,
+    STATUS_DIVERGED,
+    STATUSES,
+    TAG_ROLE,
+    TAG_SCHEDULER,
+    TAG_SEARCH,
+    TAG_STATUS,
+    TAG_STUDY,
+    TAG_TRIAL_ID,
+    trial_tags,
+)
+
+__all__ = ["TrialContext", "run_trial", "trial_config", "trial_seed"]
+
+ROLE_TRIAL = "trial"
+
+STATE_FILE = "trainer.pt"
+META_FILE = "odyssey.json"
+RUN_ID_KEY = "mlflow_run_id"  # also reported to Tune, so the driver finds the run without a search
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of one search shares (shipped once to the workers via ``with_parameters``)."""
+
+    plan: SearchPlan
+    space: SearchSpace
+    tracking_uri: str
+    experiment_name: str
+    experiment_id: str
+    parent_run_id: str
+    study: str
+    search: str
+    scheduler: str
+    checkpoint_every: int = 1
+
+
+def trial_seed(base_seed: int, trial_id: str, sampled: dict[str, Any]) -> int:
+    """``base_seed + trial index``: the index is the counter of random search's trial ids
+    (``xxxxx_00007``); searchers (TPE) name trials by uuid only, so there the index is derived from
+    the sampled values (deterministic: the searcher is seeded)."""
+    match = re.search(r"_(\d+)$", trial_id)
+    if match:
+        return base_seed + int(match.group(1))
+    blob = json.dumps(sampled, sort_keys=True, default=str).encode()
+    return base_seed + zlib.crc32(blob) % 1_000_000
+
+
+def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """The Tune trainable (use ``tune.with_parameters(run_trial, ctx=...)``)."""
+    import torch
+    from ray import tune
+
+    from odyssey.sweep import mlflow_runs
+    from odyssey.tasks import build_task
+    from odyssey.tracking import MlflowTrialLogger
+    from odyssey.train import train_trial
+
+    trial_id = tune.get_context().get_trial_id()
+    cfg = trial_config(ctx, trial_id, config)
+
+    state, run_id = None, None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+            run_id = json.loads((Path(folder) / META_FILE).read_text())[RUN_ID_KEY]
+    if run_id is None:
+        found = mlflow_runs.find_trial_run(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id)
+        if found is not None:
+            run_id = found.info.run_id
+            if found.data.tags.get(TAG_STATUS) in STATUSES:  # finished before the driver died
+                _report_finished(found, ctx)
+                return
+
+    task = build_task(cfg.task)
+    logger = MlflowTrialLogger.start(
+        ctx.tracking_uri,
+        ctx.experiment_name,
+        cfg,
+        tags=trial_run_tags(ctx, cfg, trial_id, params_count(cfg, task)),
+        parent_run_id=ctx.parent_run_id,
+        run_name=f"{ctx.plan.variant}-{trial_id}",
+        run_id=run_id,
+    )  # with run_id: reopens the run; epochs up to its last logged one are not logged again
+
+    def on_epoch(report) -> None:
+        logger(report)  # flushes with log_batch before the checkpoint below is taken
+        metrics = {**report.metrics, "epoch": report.epoch, "best_epoch": report.best_epoch, RUN_ID_KEY: logger.run_id}
+        if report.epoch % ctx.checkpoint_every:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="odyssey-ckpt-") as folder:
+            torch.save(report.checkpoint(), Path(folder) / STATE_FILE)
+            (Path(folder) / META_FILE).write_text(json.dumps({RUN_ID_KEY: logger.run_id, "epoch": report.epoch}))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    result = train_trial(cfg, callback=on_epoch, resume_from=state, task=task)
+    logger.finish(result, STATUS_DIVERGED if result.status == "diverged" else STATUS_COMPLETED)
+
+
+def trial_config(ctx: TrialContext, trial_id: str, config: dict[str, Any]):
+    """The trial's config: the search's base config, the sampled values, the trial's seed."""
+    sampled = {k: config[k] for k in ctx.space.tune_keys()}
+    cfg = ctx.plan.base.replace(**ctx.space.decode(sampled))
+    return cfg.replace(seed=trial_seed(ctx.plan.base.seed, trial_id, sampled))
+
+
+def params_count(cfg, task) -> int:
+    from odyssey.model import SequenceModel
+
+    m = cfg.model
+    model = SequenceModel(
+        cfg.variant, task.input_size, task.output_size, hidden_size=m.hidden_size,
+        num_layers=m.num_layers, bidirectional=m.bidirectional, init_std=m.init_std,
+    )  # fmt: skip
+    return model.num_parameters()
+
+
+def trial_run_tags(ctx: TrialContext, cfg, trial_id: str, count: int) -> dict[str, str]:
+    """The tags of a single ``odyssey train`` run, plus the sweep's."""
+    tags = trial_tags(
+        cfg, primary_metric=ctx.plan.primary_metric, lower_is_better=ctx.plan.lower_is_better, params_count=count
+    )
+    tags.update({
+        TAG_ROLE: ROLE_TRIAL,
+        TAG_STUDY: ctx.study,
+        TAG_SEARCH: ctx.search,
+        TAG_SCHEDULER: ctx.scheduler,
+        TAG_TRIAL_ID: trial_id,
+    })  # fmt: skip
+    return tags
+
+
+def _report_finished(run: Any, ctx: TrialContext) -> None:
+    """Give Tune the final metrics of a trial that had already finished in MLflow."""
+    from ray import tune
+
+    metric = ctx.plan.primary_metric
+    best = run.data.metrics.get(f"best_val/{metric}")
+    tune.report({f"val/{metric}": best if best is not None else float("nan"), RUN_ID_KEY: run.info.run_id})
