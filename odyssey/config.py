@@ -164,12 +164,26 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
 
 
 def _hydra_message(exc: Exception) -> str:
-    """Hydra's message, plus the valid options when a group option is unknown."""
+    """Hydra's error as one readable line: unknown group options list the valid ones, unknown
+    keys list the valid keys of their section."""
+    import re
+
     text = str(exc).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    if "Could not find" in text or "In 'train'" in text or "Available options" in text:
-        return text
-    return first
+    missing = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
+    if missing:
+        group, name = missing.groups()
+        options = re.findall(r"^\t(\S+)$", text.split("Available options", 1)[-1].split("Config search path")[0], re.M)
+        return f"unknown {group} {name!r}; valid choices: {', '.join(options) or '(none found)'}"
+    bad_key = re.search(r"Could not override '([^']+)'", text)
+    if bad_key:
+        key = bad_key.group(1)
+        section = key.split(".", 1)[0]
+        schema = {"train": TrainConfig, "model": ModelConfig, "tracking": TrackingConfig, "variant": VariantSpec}
+        if section in schema:
+            names = sorted(f.name for f in dataclasses.fields(schema[section]))
+            return f"unknown key {key!r}; valid keys of '{section}': {', '.join(names)}"
+        return f"unknown key {key!r} (use +{key}=... only to add a key the schema knows)"
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def typed(node: Any, schema: type, key: str) -> Any:

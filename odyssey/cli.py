@@ -1,0 +1,53 @@
+"""The ``odyssey`` command. Each subcommand is a ``main(argv) -> int`` in its own module,
+imported only when used (so ``odyssey bench`` does not pay for Ray or MLflow)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from odyssey.errors import OdysseyError
+
+__all__ = ["main"]
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("odyssey.run_train:main", "train one trial (Hydra overrides of conf/train.yaml)"),
+    "sweep": ("odyssey.sweep.cli:sweep_main", "run a study on Ray Tune (experiment=<name> [overrides])"),
+    "submit": ("odyssey.sweep.jobs:submit_main", "submit a study to a Ray cluster as a Ray Job"),
+    "jobs": ("odyssey.sweep.jobs:jobs_main", "list the cluster's Ray Jobs"),
+    "logs": ("odyssey.sweep.jobs:logs_main", "print (or follow) a Ray Job's logs: odyssey logs ID"),
+    "stop": ("odyssey.sweep.jobs:stop_main", "stop a Ray Job: odyssey stop ID"),
+    "analyze": ("odyssey.analysis.cli:main", "variant comparison and fANOVA report of a study"),
+    "bench": ("odyssey.bench:main", "benchmarks: odyssey bench cells"),
+    "data": ("odyssey.tasks.fetch:main", "datasets: odyssey data fetch jsb"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: odyssey COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"odyssey: unknown command {name!r}; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module, func = COMMANDS[name][0].split(":")
+    try:
+        return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    except OdysseyError as exc:
+        print(f"odyssey {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"odyssey {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

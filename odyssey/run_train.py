@@ -1,0 +1,64 @@
+"""``odyssey train [overrides]``: one trial from ``conf/train.yaml``, with progress, logged to MLflow."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from odyssey.config import TrackingConfig, compose, trial_config, typed
+from odyssey.errors import ServiceError
+from odyssey.tasks import build_task
+from odyssey.tracking import (
+    STATUS_FAILED,
+    TAG_ROLE,
+    MlflowTrialLogger,
+    trial_tags,
+)
+from odyssey.train import train_trial
+
+__all__ = ["main"]
+
+
+def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(
+            "usage: odyssey train [KEY=VALUE ...]   (Hydra overrides of conf/train.yaml)\n"
+            "  e.g. odyssey train variant=cifg task=jsb model.hidden_size=50 train.lr=1e-3 seed=1\n"
+            "  groups: variant, task, model, protocol; keys: seed, train.*, model.*, task.*, tracking.*"
+        )
+        return 0
+    cfg = compose("train", argv)
+    trial = trial_config(cfg)
+    tracking = typed(cfg.get("tracking"), TrackingConfig, "tracking")
+    task = build_task(trial.task)  # data errors surface here, before a run is created
+    logger = None
+    if tracking.enabled:
+        uri = tracking.resolved_uri(Path.cwd())
+        logger = _start_logger(uri, tracking.experiment, trial, task)
+        print(f"MLflow: run {logger.run_id} in experiment {tracking.experiment!r} at {uri}", file=sys.stderr)
+    try:
+        result = train_trial(trial, callback=logger, task=task, progress=True)
+    except BaseException:
+        if logger is not None:
+            logger.finish(None, STATUS_FAILED)
+        raise
+    if logger is not None:
+        logger.finish(result, result.status)
+    summary = ", ".join(f"{k}={v:.6g}" for k, v in result.final_metrics().items())
+    print(f"{trial.variant.label()} on {trial.task.name}: {result.status} ({result.stop_reason}); {summary}")
+    return 0
+
+
+def _start_logger(uri: str, experiment: str, trial, task) -> MlflowTrialLogger:
+    from odyssey.model import SequenceModel
+
+    params = SequenceModel(
+        trial.variant, task.input_size, task.output_size, hidden_size=trial.model.hidden_size,
+        num_layers=trial.model.num_layers, bidirectional=trial.model.bidirectional,
+    ).num_parameters()
+    tags = trial_tags(trial, primary_metric=task.primary_metric, lower_is_better=task.lower_is_better, params_count=params)
+    tags[TAG_ROLE] = "train"
+    try:
+        return MlflowTrialLogger.start(uri, experiment, trial, tags=tags, run_name=f"{trial.variant.label()}-{trial.task.name}")
+    except Exception as exc:  # connection refused, bad URI, server error
+        raise ServiceError(f"cannot record the run in MLflow at {uri!r}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None

@@ -1,0 +1,291 @@
+"""Contract tests for every LSTM variant: gradients, parameter counts, the paper's equations.
+
+The reference below is written from the equations of Greff et al. (2017) and the parameter
+layout documented in ``odyssey.cells.layer``, step by step and gate by gate, sharing no code
+with the implementation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from odyssey.cells import ACTIVATIONS, PRESETS, VariantLSTM, VariantSpec, load_torch_lstm_state_dict, preset
+
+ALL = sorted(PRESETS)
+COMBOS = {
+    "np+cifg": VariantSpec(peepholes=False, coupled_input_forget=True),
+    "cifg+fgr": VariantSpec(coupled_input_forget=True, full_gate_recurrence=True),
+    "nig+fgr": VariantSpec(input_gate=False, full_gate_recurrence=True),
+    "nfg+nog+sigmoid": VariantSpec(forget_gate=False, output_gate=False, block_activation="sigmoid"),
+}
+SPECS = {**{n: preset(n) for n in ALL}, **COMBOS}
+
+ACT = {
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "identity": lambda v: v,
+    "relu": torch.relu,
+    "sigmoid4": lambda v: 4 * torch.sigmoid(v) - 2,
+    "sigmoid2": lambda v: 2 * torch.sigmoid(v) - 1,
+}
+
+
+def reference(layer: VariantLSTM, x: torch.Tensor, *, force_f: float | None = None) -> torch.Tensor:
+    """Unidirectional forward pass from the paper's equations; ``force_f`` pins the forget gate."""
+    s, H = layer.spec, layer.hidden_size
+    own_f = s.forget_gate and not s.coupled_input_forget
+    blocks = [b for b, on in zip("ifgo", (s.input_gate, own_f, True, s.output_gate)) if on]
+    gates = [b for b in blocks if b != "g"]
+    rows = lambda w, b: w[blocks.index(b) * H : (blocks.index(b) + 1) * H]  # noqa: E731
+    W = {b: rows(layer.weight_ih, b) for b in blocks}
+    R = {b: rows(layer.weight_hh, b) for b in blocks}
+    bias = {b: rows(layer.bias, b) for b in blocks}
+    P = {g: layer.peephole[k] for k, g in enumerate(gates)} if s.peepholes else {}
+    Rg = {}
+    if s.full_gate_recurrence:
+        for a, ga in enumerate(gates):
+            for b, gb in enumerate(gates):
+                Rg[ga, gb] = layer.weight_gate_hh[a * H : (a + 1) * H, b * H : (b + 1) * H]
+    T, B, _ = x.shape
+    y = c = x.new_zeros(B, H)
+    prev = {g: x.new_zeros(B, H) for g in gates}
+    outs = []
+    for t in range(T):
+
+        def pre(b):
+            v = x[t] @ W[b].T + y @ R[b].T + bias[b]
+            if s.full_gate_recurrence and b in gates:
+                v = v + sum(prev[g] @ Rg[b, g].T for g in gates)
+            return v
+
+        act = {}
+        i = torch.sigmoid(pre("i") + P.get("i", 0) * c) if "i" in blocks else 1.0
+        if "f" in blocks:
+            f = torch.sigmoid(pre("f") + P.get("f", 0) * c)
+        else:
+            f = 1 - i if s.coupled_input_forget else 1.0
+        if force_f is not None:
+            f = force_f
+        z = ACT[s.block_activation](pre("g"))
+        c = z * i + c * f
+        o = torch.sigmoid(pre("o") + P.get("o", 0) * c) if "o" in blocks else 1.0
+        y = ACT[s.output_activation](c) * o
+        act.update(i=i, f=f, o=o)
+        prev = {g: act[g] for g in gates}
+        outs.append(y)
+    return torch.stack(outs)
+
+
+def expected_params(name: str, I: int, H: int) -> int:
+    """Parameter counts written out per variant (G blocks of W, R, b; P peepholes; FGR's 9 H^2)."""
+    full = 4 * H * (I + H + 1)
+    three = 3 * H * (I + H + 1)
+    return {
+        "vanilla": full + 3 * H,
+        "nig": three + 2 * H,
+        "nfg": three + 2 * H,
+        "nog": three + 2 * H,
+        "niaf": full + 3 * H,
+        "noaf": full + 3 * H,
+        "np": full,
+        "cifg": three + 2 * H,
+        "fgr": full + 3 * H + 9 * H * H,
+        "lstm1997": three,
+    }[name]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_parameter_count_matches_formula(name):
+    layer = VariantLSTM(preset(name), input_size=88, hidden_size=100)
+    n = sum(p.numel() for p in layer.parameters())
+    assert n == expected_params(name, 88, 100) == preset(name).num_parameters(88, 100)
+    bi = VariantLSTM(preset(name), input_size=88, hidden_size=100, bidirectional=True)
+    assert sum(p.numel() for p in bi.parameters()) == 2 * n
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_forward_matches_equations(name):
+    layer = VariantLSTM(SPECS[name], input_size=3, hidden_size=5).double()
+    x = torch.randn(7, 2, 3, dtype=torch.double)
+    y, (h_n, c_n) = layer(x)
+    torch.testing.assert_close(y, reference(layer, x))
+    torch.testing.assert_close(h_n[0], y[-1])
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_gradcheck(name, bidirectional):
+    layer = VariantLSTM(SPECS[name], input_size=3, hidden_size=4, bidirectional=bidirectional).double()
+    x = torch.randn(5, 2, 3, dtype=torch.double, requires_grad=True)
+    lengths = torch.tensor([5, 3])
+    params = tuple(layer.parameters())
+
+    def f(x, *ps):
+        out, (h, c) = torch.func.functional_call(layer, dict(zip([n for n, _ in layer.named_parameters()], ps)), (x, lengths))
+        return out, h, c
+
+    assert torch.autograd.gradcheck(f, (x, *params))
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_fused_backward_equals_autograd(name):
+    fused = VariantLSTM(SPECS[name], input_size=4, hidden_size=6, bidirectional=True)
+    plain = VariantLSTM(SPECS[name], input_size=4, hidden_size=6, bidirectional=True, fused=False)
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(9, 3, 4)
+    lengths = torch.tensor([9, 4, 7])
+    for layer in (fused, plain):
+        out, (h, c) = layer(x, lengths)
+        (out.sin().sum() + h.square().sum() + c.sum()).backward()
+    for (n, a), b in zip(fused.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=n)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_np_equals_torch_lstm(bidirectional):
+    ref = torch.nn.LSTM(6, 8, bidirectional=bidirectional)
+    ours = VariantLSTM(preset("np"), 6, 8, bidirectional=bidirectional)
+    load_torch_lstm_state_dict(ours, ref.state_dict())
+    x1 = torch.randn(20, 4, 6, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    y1, (h1, c1) = ref(x1)
+    y2, (h2, c2) = ours(x2)
+    torch.testing.assert_close(y2, y1, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h2, h1, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c2, c1, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(y1)
+    (y1 * g).sum().backward()
+    (y2 * g).sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, atol=1e-5, rtol=1e-5)
+    sfx = "_reverse" if bidirectional else ""
+    torch.testing.assert_close(getattr(ours, "weight_hh" + sfx).grad, getattr(ref, "weight_hh_l0" + sfx).grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        ours.bias.grad, ref.bias_ih_l0.grad, atol=1e-5, rtol=1e-5
+    )  # d/d(b_ih) = d/d(b_hh) = d/d(our b)
+
+
+def test_loading_torch_weights_into_peephole_variant_is_refused():
+    with pytest.raises(ValueError, match="np"):
+        load_torch_lstm_state_dict(VariantLSTM(preset("vanilla"), 3, 4), torch.nn.LSTM(3, 4).state_dict())
+
+
+def test_nfg_equals_vanilla_with_forget_gate_forced_to_one():
+    vanilla = VariantLSTM(preset("vanilla"), 3, 5).double()
+    nfg = VariantLSTM(preset("nfg"), 3, 5).double()
+    H = 5
+    keep = lambda w: torch.cat([w[:H], w[2 * H :]])  # noqa: E731  drop vanilla's f rows
+    with torch.no_grad():
+        nfg.weight_ih.copy_(keep(vanilla.weight_ih))
+        nfg.weight_hh.copy_(keep(vanilla.weight_hh))
+        nfg.bias.copy_(keep(vanilla.bias))
+        nfg.peephole.copy_(vanilla.peephole[[0, 2]])
+    x = torch.randn(8, 2, 3, dtype=torch.double)
+    torch.testing.assert_close(nfg(x)[0], reference(vanilla, x, force_f=1.0))
+    with torch.no_grad():  # and the same through the real vanilla layer with f saturated at 1
+        vanilla.weight_ih[H : 2 * H] = 0
+        vanilla.weight_hh[H : 2 * H] = 0
+        vanilla.peephole[1] = 0
+        vanilla.bias[H : 2 * H] = 50.0  # sigmoid(50) = 1 - 2e-22
+    torch.testing.assert_close(nfg(x)[0], vanilla(x)[0])
+
+
+def test_cifg_forget_gate_is_one_minus_input_gate():
+    cifg = VariantLSTM(preset("cifg"), 3, 4).double()
+    x = torch.randn(6, 2, 3, dtype=torch.double)
+    _, C = cifg._direction(x, "")
+    # Recover i from the layer's own parameters at each step and check c = z*i + c'*(1-i).
+    H, y_prev, c_prev = 4, torch.zeros(2, 4, dtype=torch.double), torch.zeros(2, 4, dtype=torch.double)
+    for t in range(6):
+        pre = x[t] @ cifg.weight_ih.T + y_prev @ cifg.weight_hh.T + cifg.bias
+        i = torch.sigmoid(pre[:, :H] + cifg.peephole[0] * c_prev)
+        z = torch.tanh(pre[:, H : 2 * H])
+        f = (C[t] - z * i) / c_prev if t > 0 else None
+        if f is not None:
+            torch.testing.assert_close(f, 1 - i)
+        c_prev = C[t]
+        o = torch.sigmoid(pre[:, 2 * H :] + cifg.peephole[1] * c_prev)
+        y_prev = torch.tanh(c_prev) * o
+    assert cifg.weight_ih.shape[0] == 3 * H  # no forget-gate weights of its own
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bidirectional_reverse_direction_reads_each_sequence_backwards(name):
+    layer = VariantLSTM(preset(name), 3, 4, bidirectional=True).double()
+    x = torch.randn(6, 2, 3, dtype=torch.double)
+    lengths = torch.tensor([6, 4])
+    out, (h, c) = layer(x, lengths)
+    for b, n in enumerate(lengths.tolist()):
+        rev = x[:n, b : b + 1].flip(0)
+        yr, _ = layer._direction(rev, "_reverse")
+        torch.testing.assert_close(out[:n, b, 4:], yr[:, 0].flip(0))
+        fw, _ = layer._direction(x[:n, b : b + 1], "")
+        torch.testing.assert_close(h[0, b], fw[-1, 0])  # final forward state at the true length
+
+
+def test_fgr_gate_recurrence_is_zero_at_first_step_and_matters_later():
+    layer = VariantLSTM(preset("fgr"), 3, 4).double()
+    x = torch.randn(5, 1, 3, dtype=torch.double)
+    y1 = layer(x)[0]
+    with torch.no_grad():
+        layer.weight_gate_hh.zero_()
+    y0 = layer(x)[0]
+    torch.testing.assert_close(y1[0], y0[0])  # previous gate activations are 0 at t = 0
+    assert (y1[1:] - y0[1:]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize(
+    "switches, match",
+    [
+        (dict(coupled_input_forget=True, input_gate=False), "needs variant.input_gate=true"),
+        (dict(coupled_input_forget=True, forget_gate=False), "contradicts"),
+        (dict(input_gate=False, forget_gate=False, output_gate=False, full_gate_recurrence=True, peepholes=False), "at least one gate"),
+        (dict(input_gate=False, forget_gate=False, output_gate=False), "peepholes=true needs"),
+        (dict(block_activation="softsign"), "valid activations"),
+    ],
+)
+def test_nonsense_combinations_are_refused(switches, match):
+    with pytest.raises(ValueError, match=match):
+        VariantSpec(**switches)
+
+
+def test_unknown_preset_lists_valid_ones():
+    with pytest.raises(ValueError, match="valid variants: .*cifg.*vanilla"):
+        preset("lstm2000")
+
+
+@pytest.mark.parametrize(
+    "spec, label",
+    [
+        (VariantSpec(), "vanilla"),
+        (VariantSpec(peepholes=False), "np"),
+        (VariantSpec(peepholes=False, coupled_input_forget=True), "np+cifg"),
+        (VariantSpec(output_activation="relu"), "output_activation=relu"),
+        (dataclasses.replace(preset("lstm1997"), name=None), "lstm1997"),
+    ],
+)
+def test_labels(spec, label):
+    assert spec.label() == label
+
+
+def test_input_shape_error_names_expected_shape():
+    with pytest.raises(ValueError, match=r"\(T, B, 3\)"):
+        VariantLSTM(preset("vanilla"), 3, 4)(torch.randn(5, 2, 7))
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_backward_rule_matches_autograd(name):
+    act = ACTIVATIONS[name]
+    x = (torch.linspace(-3, 3, 61, dtype=torch.double) + 0.013).requires_grad_()  # no point at relu's kink
+    y = act.fn(x)
+    torch.testing.assert_close(y.detach(), ACT[name](x.detach()))
+    grad = torch.randn_like(y)
+    (expected,) = torch.autograd.grad(y, x, grad)
+    torch.testing.assert_close(act.backward(grad, y.detach()), expected)
