@@ -19,8 +19,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stop": ("odyssey.sweep.jobs:stop_main", "stop a Ray Job: odyssey stop ID"),
     "analyze": ("odyssey.analysis.cli:main", "variant comparison and fANOVA report of a study"),
     "bench": ("odyssey.bench:main", "benchmarks: odyssey bench cells"),
-    "data": ("odyssey.tasks.fetch:main", "datasets: odyssey data fetch jsb"),
+    "data": ("odyssey.cli:data_main", "datasets: odyssey data fetch jsb [--dest DIR]"),
 }
+
+
+def data_main(argv: list[str]) -> int:
+    """``odyssey data fetch DATASET ...``: the only data action so far."""
+    if not argv or argv[0] != "fetch":
+        print(f"odyssey data: unknown action {argv[0] if argv else ''!r}; valid actions: fetch", file=sys.stderr)
+        return 2
+    from odyssey.tasks.fetch import main as fetch_main
+
+    return fetch_main(argv[1:])
 
 
 def usage() -> str:

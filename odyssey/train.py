@@ -13,6 +13,7 @@ over hundreds of trials goes on.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -158,7 +159,7 @@ def train_trial(
     def checkpoint() -> dict:
         return {
             "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
+            "optimizer": copy.deepcopy(optimizer.state_dict()),  # buffers change in place
             "generator": gen.get_state(),
             "trainer": dict(st),
         }
