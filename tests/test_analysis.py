@@ -287,7 +287,7 @@ def test_analyze_end_to_end(study_uri, tmp_path, capsys):
     out = tmp_path / "report"
     assert _analyze(study_uri, "synthetic", out) == 0
     printed = capsys.readouterr().out
-    assert "Variant comparison" in printed and "fANOVA fractions" in printed
+    assert "Variant comparison" in printed and "fANOVA fraction of variance" in printed
 
     html = (out / "report.html").read_text()
     assert "Variant comparison" in html and "<table" in html and "data:image/png;base64," in html

@@ -247,8 +247,13 @@ def format_terminal(report: AnalysisReport) -> str:
     lines.append("")
     ft = report.fanova_table
     if not ft.empty and ft["key"].ne("").any():
-        wide = ft[ft["key"] != ""].pivot_table(index=["task", "variant", "n"], columns="key", values="fraction", sort=False)
-        lines += ["fANOVA fractions of variance:", wide.to_string(float_format=lambda x: f"{x:.3f}")]
+        short = {"log10_lr": "lr", "log10_hidden_size": "hidden", "log10_one_minus_momentum": "1-momentum", "input_noise": "noise"}
+        done = ft[ft["key"] != ""].assign(
+            key=lambda t: t["key"].map(lambda k: " x ".join(short.get(p, p) for p in k.split(" x "))),
+            fit=lambda t: t["task"] + "/" + t["variant"] + " (n=" + t["n"].astype(str) + ")",
+        )
+        tall = done.pivot_table(index="key", columns="fit", values="fraction", sort=False)
+        lines += ["fANOVA fraction of variance (columns: task/variant, trials fitted):", tall.to_string(float_format=lambda x: f"{x:.3f}")]
     if report.messages:
         lines += ["", "Notes:", *[f"  - {m}" for m in report.messages]]
     lines += ["", f"report: {report.html}"]
