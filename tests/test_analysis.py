@@ -17,9 +17,10 @@ from odyssey.analysis.errors import AnalysisError, StudyNotFoundError, TooFewTri
 NAMES = ["x1", "x2", "x3"]
 
 # Tolerance of the known-answer tests: 3 percentage points. The forest is a piecewise-constant
-# fit to n = 1000 noise-free points; measured errors at n = 1000-2000 (seeds 0-2) are below
-# 0.5 pp on the main effects and below 1.5 pp on the pairs of an additive function (spurious
-# interaction from axis-aligned splits), so 3 pp leaves room for other sklearn versions and
+# fit to n = 1000 noise-free points; measured errors here (n = 1000, 32 trees) are at most
+# 1.0 pp on the main effects (x2 of the additive function: 0.141 vs 8/53 = 0.151) and 0.8 pp of
+# spurious pair interaction on the additive function (axis-aligned splits approximating a smooth
+# function), and below 0.5 pp at n = 2000, so 3 pp leaves room for other sklearn versions and
 # platforms while still failing on any real error in the decomposition (those are >= 10 pp).
 TOL = 0.03
 
