@@ -6,12 +6,18 @@ which steps are scored and how (softmax, Bernoulli, regression).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from odyssey.cells import VariantLSTM, VariantSpec
 
-__all__ = ["SequenceModel"]
+if TYPE_CHECKING:  # pragma: no cover
+    from odyssey.config import TrialConfig
+    from odyssey.tasks import Task
+
+__all__ = ["SequenceModel", "build_model"]
 
 
 class SequenceModel(nn.Module):
@@ -63,3 +69,17 @@ class SequenceModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def build_model(cfg: "TrialConfig", task: "Task") -> SequenceModel:
+    """The model of a trial: the config's variant and shape, the task's input and output sizes."""
+    m = cfg.model
+    return SequenceModel(
+        cfg.variant,
+        task.input_size,
+        task.output_size,
+        hidden_size=m.hidden_size,
+        num_layers=m.num_layers,
+        bidirectional=m.bidirectional,
+        init_std=m.init_std,
+    )

@@ -50,12 +50,9 @@ def main(argv: list[str]) -> int:
 
 
 def _start_logger(uri: str, experiment: str, trial, task) -> MlflowTrialLogger:
-    from odyssey.model import SequenceModel
+    from odyssey.model import build_model
 
-    params = SequenceModel(
-        trial.variant, task.input_size, task.output_size, hidden_size=trial.model.hidden_size,
-        num_layers=trial.model.num_layers, bidirectional=trial.model.bidirectional,
-    ).num_parameters()
+    params = build_model(trial, task).num_parameters()
     tags = trial_tags(trial, primary_metric=task.primary_metric, lower_is_better=task.lower_is_better, params_count=params)
     tags[TAG_ROLE] = "train"
     try:

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from odyssey.config import TrialConfig
-from odyssey.model import SequenceModel
+from odyssey.model import SequenceModel, build_model
 from odyssey.tasks import Sequence, Task, build_task, collate
 
 __all__ = ["EpochReport", "TrialResult", "evaluate", "resolve_device", "train_trial"]
@@ -133,15 +133,7 @@ def train_trial(
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.train.device)
     task = task or build_task(cfg.task)
-    model = SequenceModel(
-        cfg.variant,
-        task.input_size,
-        task.output_size,
-        hidden_size=cfg.model.hidden_size,
-        num_layers=cfg.model.num_layers,
-        bidirectional=cfg.model.bidirectional,
-        init_std=cfg.model.init_std,
-    ).to(device)
+    model = build_model(cfg, task).to(device)
     tr = cfg.train
     step = tr.lr * (1 - tr.momentum) if tr.scale_lr_by_momentum else tr.lr
     optimizer = torch.optim.SGD(
