@@ -103,7 +103,12 @@ def _client(address: str | None):
 
 
 def submit(
-    overrides: Sequence[str], *, address: str | None = None, job_file: Path | None = None, submission_id: str | None = None
+    overrides: Sequence[str],
+    *,
+    address: str | None = None,
+    job_file: Path | None = None,
+    submission_id: str | None = None,
+    python: str = "python",
 ) -> str:
     """Check the study locally, submit it as a Ray Job, return the submission id."""
     from odyssey.config import compose
@@ -120,7 +125,7 @@ def submit(
         env["env_vars"]["MLFLOW_TRACKING_URI"] = str(cfg.tracking.uri)
     address = address or (cfg.get("ray") or {}).get("job_server")
     client = _client(address)
-    entrypoint = "python -m odyssey.sweep.cli " + " ".join(shlex.quote(o) for o in overrides)
+    entrypoint = f"{shlex.quote(python)} -m odyssey.sweep.cli " + " ".join(shlex.quote(o) for o in overrides)
     job_id = client.submit_job(
         entrypoint=entrypoint.strip(),
         runtime_env=env,
@@ -143,13 +148,16 @@ def submit_main(argv: Sequence[str]) -> int:
     parser = _parser("odyssey submit")
     parser.add_argument("--wait", action="store_true", help="follow the job's logs until it ends")
     parser.add_argument("--id", dest="submission_id", help="a submission id of your choice")
+    parser.add_argument("--python", default="python", help="the interpreter on the cluster (default: python)")
     args, rest = parser.parse_known_args(list(argv))
     job_file = None
     if rest and rest[0].endswith((".yaml", ".yml")) and "=" not in rest[0]:
         job_file = Path(rest.pop(0)).resolve()
         if not job_file.is_file():
             raise ConfigError(f"job file {job_file} does not exist; ready ones are in jobs/")
-    job_id = submit(rest, address=args.address, job_file=job_file, submission_id=args.submission_id)
+    job_id = submit(
+        rest, address=args.address, job_file=job_file, submission_id=args.submission_id, python=args.python
+    )
     where = f" --address {args.address}" if args.address else ""
     print(f"submitted job {job_id}")
     print(f"  follow:  odyssey logs {job_id} --follow{where}")

@@ -213,7 +213,7 @@ def _runtime_env() -> dict | None:
     import odyssey
 
     package = Path(list(odyssey.__path__)[0]).resolve()  # a namespace package: no __file__
-    if "site-packages" in package.parts or os.environ.get("RAY_JOB_ID"):
+    if "site-packages" in package.parts or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         return None  # installed, or a Ray job whose working_dir already carries the project
     return {"py_modules": [str(package)], "excludes": ["__pycache__", "*.pyc"]}
 

@@ -1,0 +1,321 @@
+"""End-to-end sweeps on a real two-node Ray cluster, recorded on a real MLflow server.
+
+Every study here is tiny (adding problem of length 10, 32 training sequences, hidden size 4-8,
+2-3 epochs) so that the whole file runs in a few minutes on 2 CPU cores; the assertions read
+everything back from the tracking server with ``MlflowClient``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from odyssey.errors import ConfigError, ServiceError
+from odyssey.tracking import (
+    STATUS_COMPLETED,
+    STATUS_DIVERGED,
+    STATUS_FAILED,
+    TAG_BUDGET_REACHED,
+    TAG_ROLE,
+    TAG_SCHEDULER,
+    TAG_SEARCH,
+    TAG_STATUS,
+    TAG_TASK,
+    TAG_TRIAL_ID,
+    TAG_VARIANT,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+ENDED = {STATUS_COMPLETED, STATUS_DIVERGED, STATUS_FAILED}
+
+
+def tiny(tmp_path: Path, name: str, *, variants=("vanilla", "nfg"), samples=3, epochs=2) -> list[str]:
+    """Overrides of a tiny study on a long-lag task (the adding problem)."""
+    return [
+        f"study.name={name}",
+        "study.tasks=[adding]",
+        f"study.variants=[{','.join(variants)}]",
+        f"study.num_samples={samples}",
+        "study.max_concurrent_trials=2",
+        "study.progress_interval_s=2",
+        f"study.storage_path={tmp_path / 'ray_results'}",
+        "search_space=tiny",
+        "task.length=10",
+        "task.num_train=32",
+        "task.num_valid=16",
+        "task.num_test=16",
+        "train.batch_size=8",
+        f"train.max_epochs={epochs}",
+        "train.patience=10",
+    ]
+
+
+def study_runs(uri: str, name: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    assert exp is not None, f"no MLflow experiment {name!r}"
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get(TAG_ROLE) == "search"]
+    trials = [r for r in runs if r.data.tags.get(TAG_ROLE) == "trial"]
+    return client, parents, trials
+
+
+def assert_no_duplicate_steps(client, run) -> list[int]:
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert len(steps) == len(set(steps)), f"duplicate steps in run {run.info.run_id}: {steps}"
+    return sorted(steps)
+
+
+def assert_study(uri: str, name: str, *, variants, samples, epochs, statuses=(STATUS_COMPLETED,)):
+    """One parent per variant, ``samples`` children each, params/metrics/tags of a train run."""
+    client, parents, trials = study_runs(uri, name)
+    assert sorted(p.data.tags[TAG_VARIANT] for p in parents) == sorted(variants)
+    by_parent = Counter(t.data.tags["mlflow.parentRunId"] for t in trials)
+    assert by_parent == {p.info.run_id: samples for p in parents}
+    trial_ids = [t.data.tags[TAG_TRIAL_ID] for t in trials]
+    assert len(trial_ids) == len(set(trial_ids)), "a Ray trial has two MLflow runs"
+    for p in parents:
+        assert p.data.tags[TAG_SEARCH] == "random" and p.data.tags[TAG_SCHEDULER] == "fifo"
+        assert p.data.tags[TAG_TASK] == "adding" and p.info.status == "FINISHED"
+        assert p.data.metrics["trials/completed"] + p.data.metrics["trials/failed"] + p.data.metrics[
+            "trials/diverged"
+        ] == samples
+    for t in trials:
+        tags, params, metrics = t.data.tags, t.data.params, t.data.metrics
+        assert tags[TAG_STATUS] in statuses, tags[TAG_STATUS]
+        assert tags[TAG_TASK] == "adding" and tags[TAG_SEARCH] == "random" and tags[TAG_SCHEDULER] == "fifo"
+        assert {"odyssey.seed", "odyssey.params_count", TAG_BUDGET_REACHED} <= set(tags)
+        assert 4 <= int(params["hidden_size"]) <= 8 and 1e-3 <= float(params["lr"]) <= 1e-1
+        assert 0.0 <= float(params["momentum"]) <= 0.9 and params["train.max_epochs"] == str(epochs)
+        if tags[TAG_STATUS] == STATUS_COMPLETED:
+            assert {"test/mse", "test/accuracy", "best_val/mse", "best_epoch"} <= set(metrics)
+            assert assert_no_duplicate_steps(client, t) == list(range(1, epochs + 1))
+            val = [m.step for m in client.get_metric_history(t.info.run_id, "val/mse")]
+            assert sorted(val) == list(range(1, epochs + 1))
+    return client, parents, trials
+
+
+def run_in_subprocess(overrides: list[str], env_extra: dict[str, str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **env_extra}
+    out = open(log, "wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "odyssey.sweep.cli", *overrides],
+        cwd=log.parent, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the sweep exited ({proc.returncode}) before {what}:\n{log.read_text()[-3000:] if log else ''}")
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def trial_runs(uri: str, name: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return []
+    return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(TAG_ROLE) == "trial"]
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: one clear error each, before any trial starts (no Ray, no storage written)
+
+
+@pytest.fixture
+def bad_space_conf(tmp_path, monkeypatch):
+    """A copy of conf/ with malformed search spaces, selected by ODYSSEY_CONFIG_DIR."""
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf)
+    spaces = {
+        "low_gt_high": "params:\n  train.lr: {dist: uniform, low: 0.1, high: 0.01}\n",
+        "log_nonpositive": "params:\n  train.lr: {dist: loguniform, low: 0.0, high: 0.01}\n",
+        "unknown_dist": "params:\n  train.lr: {dist: gaussian, low: 0.0, high: 0.01}\n",
+    }
+    for name, text in spaces.items():
+        (conf / "search_space" / f"{name}.yaml").write_text(text)
+    monkeypatch.setenv("ODYSSEY_CONFIG_DIR", str(conf))
+    return conf
+
+
+@pytest.mark.parametrize(
+    "space, words",
+    [
+        ("low_gt_high", ["train.lr", "low=0.1 > high=0.01"]),
+        ("log_nonpositive", ["train.lr", "log scale", "0 < low"]),
+        ("unknown_dist", ["train.lr", "'gaussian'", "loguniform_int", "one_minus_loguniform"]),
+    ],
+)
+def test_malformed_search_space_fails_before_any_trial(bad_space_conf, tmp_path, space, words):
+    from odyssey.sweep.cli import sweep_main
+
+    with pytest.raises(ConfigError) as info:
+        sweep_main([*tiny(tmp_path, "bad"), f"search_space={space}"])
+    assert all(w in str(info.value) for w in words), str(info.value)
+    assert not (tmp_path / "ray_results").exists()
+
+
+def test_unknown_experiment(tmp_path):
+    from odyssey.sweep.cli import sweep_main
+
+    with pytest.raises(ConfigError) as info:
+        sweep_main(["experiment=no_such_study"])
+    message = str(info.value)
+    assert "no_such_study" in message and "quickstart" in message  # names the valid choices
+
+
+def test_unreachable_tracking_server(tmp_path):
+    from odyssey.sweep.cli import sweep_main
+
+    from conftest import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ServiceError, match=f"MLflow tracking server {uri} is not reachable"):
+        sweep_main([*tiny(tmp_path, "nowhere"), f"tracking.uri={uri}"])
+    assert not (tmp_path / "ray_results").exists()
+
+
+def test_unreachable_ray_cluster(tmp_path):
+    import ray
+
+    from odyssey.sweep.cli import sweep_main
+
+    from conftest import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(ServiceError, match=f"Ray cluster at {address} is not reachable"):
+        sweep_main([*tiny(tmp_path, "nocluster"), f"tracking.uri={uri}", f"ray.address={address}"])
+    assert not ray.is_initialized() and not (tmp_path / "ray_results").exists()
+
+
+def test_unreachable_job_server(tmp_path):
+    from odyssey.sweep.jobs import submit_main
+
+    from conftest import free_port
+
+    with pytest.raises(ServiceError, match="job server .* is not reachable"):
+        submit_main(["--address", f"http://127.0.0.1:{free_port()}", *tiny(tmp_path, "nojobs")])
+
+
+# --------------------------------------------------------------------------------------------
+# The real thing
+
+
+@pytest.mark.slow
+def test_sweep_end_to_end(tmp_path, mlflow_server, ray_cluster, capsys):
+    """`odyssey sweep` on the two-node cluster: 2 variants x 3 trials x 2 epochs, read back."""
+    from odyssey.sweep.cli import sweep_main
+
+    name = "e2e"
+    overrides = [*tiny(tmp_path, name), f"tracking.uri={mlflow_server}", f"ray.address={ray_cluster.address}"]
+    started = time.monotonic()
+    assert sweep_main(overrides) == 0
+    elapsed = time.monotonic() - started
+    assert_study(mlflow_server, name, variants=["vanilla", "nfg"], samples=3, epochs=2)
+    out = capsys.readouterr().out
+    assert "[adding/vanilla] 3/3 done, 0 running, 0 failed" in out and "best val/mse" in out
+    print(f"e2e sweep: 6 trials in {elapsed:.1f}s")
+
+    # Running the same study again without resume=true is refused (it would duplicate trials).
+    with pytest.raises(ConfigError, match="resume=true"):
+        sweep_main(overrides)
+
+
+@pytest.mark.slow
+def test_submit_to_job_server(tmp_path, mlflow_server, ray_cluster, monkeypatch):
+    """`odyssey submit` ships the project to the cluster's job server; MLFLOW_TRACKING_URI travels
+    in the job's runtime env."""
+    from odyssey.sweep.jobs import submit_main, wait
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    name = "submitted"
+    code = submit_main(
+        ["--address", ray_cluster.dashboard_url, "--python", sys.executable, "--id", f"odyssey-{name}",
+         *tiny(tmp_path, name)]
+    )  # fmt: skip
+    assert code == 0
+    status = wait(f"odyssey-{name}", address=ray_cluster.dashboard_url, timeout=240)
+    if status != "SUCCEEDED":
+        from ray.job_submission import JobSubmissionClient
+
+        logs = JobSubmissionClient(ray_cluster.dashboard_url).get_job_logs(f"odyssey-{name}")
+        pytest.fail(f"job ended {status}:\n{logs[-4000:]}")
+    assert_study(mlflow_server, name, variants=["vanilla", "nfg"], samples=3, epochs=2)
+
+
+@pytest.mark.slow
+def test_interrupt_and_resume(tmp_path, mlflow_server, ray_cluster):
+    """Kill the driver mid-sweep, resume: all trials, each once, every epoch logged once."""
+    from odyssey.sweep.cli import sweep_main
+
+    name = "resumed"
+    overrides = [
+        *tiny(tmp_path, name, variants=("vanilla",), samples=4, epochs=3),
+        f"tracking.uri={mlflow_server}",
+        f"ray.address={ray_cluster.address}",
+    ]
+    log = tmp_path / "driver.log"
+    proc = run_in_subprocess(overrides, {}, log)
+    state = tmp_path / "ray_results" / name / "adding__vanilla"
+    done = lambda: any(r.data.tags.get(TAG_STATUS) == STATUS_COMPLETED for r in trial_runs(mlflow_server, name))  # noqa: E731
+    wait_for(lambda: done() and any(state.glob("experiment_state-*.json")), 180, "a finished trial", proc, log)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver dies without any chance to clean up
+    proc.wait(timeout=30)
+    before = trial_runs(mlflow_server, name)
+    assert 1 <= len(before) <= 4
+
+    assert sweep_main([*overrides, "resume=true"]) == 0
+    client, parents, trials = assert_study(mlflow_server, name, variants=["vanilla"], samples=4, epochs=3)
+    assert len(parents) == 1
+    # the runs that existed before the interruption were continued, not duplicated
+    assert {r.info.run_id for r in before} <= {t.info.run_id for t in trials}
+
+
+@pytest.mark.slow
+def test_worker_node_killed(tmp_path, mlflow_server, ray_cluster):
+    """Lose a node mid-sweep: its trial is retried from its checkpoint elsewhere; every trial ends
+    completed or failed, none is lost, none has two runs. (Last: it replaces the worker node.)"""
+    name = "nodeloss"
+    overrides = [
+        *tiny(tmp_path, name, variants=("vanilla",), samples=3, epochs=6),
+        f"tracking.uri={mlflow_server}",
+        f"ray.address={ray_cluster.address}",
+    ]
+    log = tmp_path / "driver.log"
+    proc = run_in_subprocess(overrides, {}, log)
+
+    def two_running() -> bool:  # one trial per node (1 CPU each), each with an epoch logged
+        runs = [r for r in trial_runs(mlflow_server, name) if r.data.tags.get(TAG_STATUS) == "running"]
+        return sum("train/loss" in r.data.metrics for r in runs) >= 2
+
+    try:
+        wait_for(two_running, 180, "two trials running", proc, log)
+        ray_cluster.kill_worker()
+        assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
+    finally:
+        ray_cluster.add_worker()
+    client, parents, trials = study_runs(mlflow_server, name)
+    assert len(trials) == 3 and len({t.data.tags[TAG_TRIAL_ID] for t in trials}) == 3
+    assert all(t.data.tags[TAG_STATUS] in ENDED for t in trials)
+    for t in trials:
+        assert_no_duplicate_steps(client, t)
+    text = log.read_text()
+    assert "retrying from its last checkpoint" in text or "FAILED" in text, text[-3000:]
