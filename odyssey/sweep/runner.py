@@ -71,6 +71,18 @@ def run_sweep(sweep: SweepConfig) -> list[SearchOutcome]:
     experiment_id = mlflow_runs.ensure_experiment(sweep.tracking_uri, sweep.study.name)
     _check_fresh(sweep)
 
+    # Inside a Ray job (Ray 2.60) the job's working_dir copy, which is the driver's cwd and
+    # sys.path[0], can be deleted and unpacked again while the job runs (when trial workers using
+    # the same package come and go): imports and os.getcwd() then fail. So import everything the
+    # driver needs now, and leave that directory (all our paths are absolute already).
+    import odyssey.model  # noqa: F401  (params counts of failed trials, in the callbacks)
+    import odyssey.sweep.callbacks  # noqa: F401
+    import odyssey.sweep.trainable  # noqa: F401
+
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        sweep.storage_path.mkdir(parents=True, exist_ok=True)
+        os.chdir(sweep.storage_path)
+
     started = False
     if not ray.is_initialized():
         # Trials' own output stays in the Ray logs; the driver prints the progress view only.
