@@ -88,6 +88,11 @@ def _terminate(proc: subprocess.Popen) -> None:
         proc.wait(timeout=5)
 
 
+# The worker node gets its own loopback IP: a driver on this machine attaches to the raylet whose
+# IP matches its own (the head's), never to the worker that the node-loss test kills.
+WORKER_ARGS = {"num_cpus": 1, "resources": {"worker": 1}, "node_ip_address": "127.0.0.2"}
+
+
 @dataclass
 class RayTestCluster:
     cluster: Any  # ray.cluster_utils.Cluster
@@ -103,7 +108,7 @@ class RayTestCluster:
         self.cluster.remove_node(self.worker, allow_graceful=False)
 
     def add_worker(self) -> None:
-        self.cluster.add_node(num_cpus=1, resources={"worker": 1})
+        self.cluster.add_node(**WORKER_ARGS)
         self.cluster.wait_for_nodes()
 
 
@@ -125,7 +130,7 @@ def ray_cluster(tmp_path_factory) -> RayTestCluster:
         },
     )
     try:
-        cluster.add_node(num_cpus=1, resources={"worker": 1})
+        cluster.add_node(**WORKER_ARGS)
         cluster.wait_for_nodes()
         dashboard_url = f"http://127.0.0.1:{dashboard_port}"
         _wait_http(f"{dashboard_url}/api/version", timeout=60)

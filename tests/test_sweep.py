@@ -295,7 +295,9 @@ def test_worker_node_killed(tmp_path, mlflow_server, ray_cluster):
     completed or failed, none is lost, none has two runs. (Last: it replaces the worker node.)"""
     name = "nodeloss"
     overrides = [
-        *tiny(tmp_path, name, variants=("vanilla",), samples=3, epochs=20),  # long enough to be hit
+        *tiny(tmp_path, name, variants=("vanilla",), samples=3, epochs=30),
+        "task.num_train=256",  # trials of ~10 s: still running when the node goes
+        "train.patience=100",
         f"tracking.uri={mlflow_server}",
         f"ray.address={ray_cluster.address}",
     ]
@@ -304,7 +306,7 @@ def test_worker_node_killed(tmp_path, mlflow_server, ray_cluster):
 
     def two_running() -> bool:  # 1 CPU per node, 2 trials at once: one of them is on the worker
         runs = [r for r in trial_runs(mlflow_server, name) if r.data.tags.get(TAG_STATUS) == "running"]
-        return len(runs) >= 2 and any("train/loss" in r.data.metrics for r in runs)
+        return len(runs) >= 2 and all("train/loss" in r.data.metrics for r in runs)
 
     try:
         wait_for(two_running, 180, "two trials running", proc, log)
@@ -318,4 +320,5 @@ def test_worker_node_killed(tmp_path, mlflow_server, ray_cluster):
     for t in trials:
         assert_no_duplicate_steps(client, t)
     text = log.read_text()
-    assert "retrying from its last checkpoint" in text or "FAILED" in text, text[-3000:]
+    assert "retrying from its last checkpoint" in text, text[-3000:]  # the lost trial was retried
+    assert all(len(assert_no_duplicate_steps(client, t)) == 30 for t in trials)  # ... and finished
