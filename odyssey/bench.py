@@ -1,15 +1,20 @@
 """``odyssey bench cells``: forward+backward time of every preset against ``torch.nn.LSTM``.
 
 Each variant is timed on the same shapes as a one-layer ``torch.nn.LSTM`` in the same process;
-the two are measured alternately and each reported time is the minimum over repeats (the least
-disturbed measurement), so the ratio is robust to other load on the machine. Times are per
+they are measured alternately and each reported time is the minimum over repeats (the least
+disturbed measurement), so the ratios are robust to other load on the machine. Times are per
 sequence: a batch's time divided by the batch size.
+
+On CPU, ``torch.nn.LSTM`` runs oneDNN's fused RNN primitive when PyTorch has it; the table also
+gives the ratio to ``torch.nn.LSTM`` with oneDNN off (PyTorch's native ATen loop, the same kind of
+step-by-step kernel sequence as ours), column ``vs ATen``.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,11 +31,16 @@ class BenchRow:
     device: str
     batch: int
     ms_per_seq: float
-    ref_ms_per_seq: float
+    ref_ms_per_seq: float  # torch.nn.LSTM as configured (oneDNN on CPU where available)
+    aten_ms_per_seq: float | None = None  # torch.nn.LSTM with oneDNN off (CPU only)
 
     @property
     def ratio(self) -> float:
         return self.ms_per_seq / self.ref_ms_per_seq
+
+    @property
+    def aten_ratio(self) -> float | None:
+        return self.ms_per_seq / self.aten_ms_per_seq if self.aten_ms_per_seq else None
 
 
 def _timer(fn: Callable[[], None], device: torch.device) -> float:
@@ -43,11 +53,13 @@ def _timer(fn: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def _fwd_bwd(module: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
+def _fwd_bwd(module: torch.nn.Module, x: torch.Tensor, *, onednn: bool = True) -> Callable[[], None]:
     def step() -> None:
         module.zero_grad(set_to_none=True)
-        y = module(x)[0]
-        y.sum().backward()
+        with warnings.catch_warnings(), torch.backends.mkldnn.flags(enabled=onednn):
+            warnings.simplefilter("ignore")  # a TF32 notice about Intel GPUs
+            y = module(x)[0]
+            y.sum().backward()
 
     return step
 
@@ -74,15 +86,19 @@ def bench_cells(
             x = torch.randn(T, batch, input_size, device=device)
             ref = torch.nn.LSTM(input_size, hidden_size).to(device)
             ref_step = _fwd_bwd(ref, x)
+            aten_step = _fwd_bwd(ref, x, onednn=False) if device.type == "cpu" else None
             for name in variants:
                 layer = VariantLSTM(preset(name), input_size, hidden_size).to(device)
                 step = _fwd_bwd(layer, x)
                 step(), ref_step()  # warm-up
-                ours, theirs = [], []
-                for _ in range(repeats):  # alternate so both see the same machine state
+                ours, theirs, aten = [], [], []
+                for _ in range(repeats):  # alternate so all see the same machine state
                     theirs.append(_timer(ref_step, device))
                     ours.append(_timer(step, device))
-                row = BenchRow(name, dev_name, batch, 1e3 * min(ours) / batch, 1e3 * min(theirs) / batch)
+                    if aten_step is not None:
+                        aten.append(_timer(aten_step, device))
+                ms = lambda ts: 1e3 * min(ts) / batch if ts else None  # noqa: E731
+                row = BenchRow(name, dev_name, batch, ms(ours), ms(theirs), ms(aten))
                 rows.append(row)
                 if progress:
                     progress(row)
@@ -90,11 +106,12 @@ def bench_cells(
 
 
 def format_rows(rows: list[BenchRow]) -> str:
-    head = f"{'variant':<10} {'device':<6} {'batch':>5} {'ms/seq':>9} {'nn.LSTM':>9} {'ratio':>6}"
+    head = f"{'variant':<10} {'device':<6} {'batch':>5} {'ms/seq':>9} {'nn.LSTM':>9} {'ratio':>6} {'vs ATen':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
+        aten = f"{r.aten_ratio:>8.2f}" if r.aten_ratio is not None else f"{'-':>8}"
         lines.append(
-            f"{r.variant:<10} {r.device:<6} {r.batch:>5} {r.ms_per_seq:>9.3f} {r.ref_ms_per_seq:>9.3f} {r.ratio:>6.2f}"
+            f"{r.variant:<10} {r.device:<6} {r.batch:>5} {r.ms_per_seq:>9.3f} {r.ref_ms_per_seq:>9.3f} {r.ratio:>6.2f} {aten}"
         )
     return "\n".join(lines)
 

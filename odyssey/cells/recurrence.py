@@ -90,45 +90,44 @@ def forward_loop(lay: Layout, xw, w_hh, peephole, w_gate, save: bool = False):
     Returns (Y, C), each (T, B, H). With ``save``, returns the tuple the backward pass needs:
     (Y, C, Z, HC, GIF, O, S) with Z = g(.) (T, B, H), HC = h(C), GIF the i/f activations
     (T, B, n_if, H) or None, O (T, B, H) or None, S the recurrent states (T, B, H [+ K*H]).
+
+    The loop body avoids tensor indexing (slow in Python): the steps and the gate blocks come
+    from ``unbind``/``split``, one call each.
     """
     T, B, _ = xw.shape
-    H, n_if = lay.H, lay.n_if
+    H = lay.H
     w_rec_t = recurrent_weight(lay, w_hh, w_gate).t()
-    p_if = peephole[:n_if] if lay.peep and n_if else None  # (n_if, H)
-    p_o = peephole[n_if] if lay.peep and lay.has_o else None  # (H,)
-    i_at, f_at = lay.if_gates.index("i") if "i" in lay.if_gates else None, n_if - 1 if "f" in lay.if_gates else None
-    state = xw.new_zeros(B, H + (lay.K * H if lay.fgr else 0))  # [y', s']
+    blocks = lay.if_gates + ("g",) + (("o",) if lay.has_o else ())
+    at = {name: k for k, name in enumerate(blocks)}
+    ii, fi, gi, oi = at.get("i"), at.get("f"), at["g"], at.get("o")
+    p = dict(zip(lay.if_gates + (("o",) if lay.has_o else ()), peephole.unbind(0))) if lay.peep else {}
+    p_i, p_f, p_o = p.get("i"), p.get("f"), p.get("o")
+    g_fn, h_fn, coupled, fgr = lay.g.fn, lay.h.fn, lay.coupled, lay.fgr
+    state = xw.new_zeros(B, H + (lay.K * H if fgr else 0))  # [y', s']
     c = xw.new_zeros(B, H)
-    ys, cs, zs, hcs, gifs, os_, states = [], [], [], [], [], [], []
-    for t in range(T):
-        pre = torch.addmm(xw[t], state, w_rec_t)  # (B, G*H)
+    ys, cs, zs, hcs, is_, fs, os_, states = [], [], [], [], [], [], [], []
+    i = f = o = None
+    for x_t in xw.unbind(0):
+        pre = torch.addmm(x_t, state, w_rec_t).split(H, 1)  # G blocks of (B, H)
         c_prev = c
-        gif = i = f = o = None
-        if n_if:
-            a = pre[:, : n_if * H].view(B, n_if, H)
-            if p_if is not None:
-                a = torch.addcmul(a, p_if, c_prev.unsqueeze(1))
-            gif = torch.sigmoid(a)  # (B, n_if, H)
-            i = gif[:, i_at] if i_at is not None else None
-            f = gif[:, f_at] if f_at is not None else None
-        z = lay.g.fn(pre[:, lay.g_rows])
-        if lay.coupled:
+        if ii is not None:
+            i = torch.sigmoid(pre[ii] if p_i is None else torch.addcmul(pre[ii], p_i, c_prev))
+        if fi is not None:
+            f = torch.sigmoid(pre[fi] if p_f is None else torch.addcmul(pre[fi], p_f, c_prev))
+        z = g_fn(pre[gi])
+        if coupled:
             c = torch.addcmul(c_prev, i, z - c_prev)  # z*i + c'*(1 - i)
         else:
             zi = z * i if i is not None else z
             c = torch.addcmul(zi, c_prev, f) if f is not None else zi + c_prev
-        hc = lay.h.fn(c)
-        if lay.has_o:
-            a_o = pre[:, lay.o_rows]
-            if p_o is not None:
-                a_o = torch.addcmul(a_o, p_o, c)  # the output-gate peephole reads the current cell
-            o = torch.sigmoid(a_o)
+        hc = h_fn(c)
+        if oi is not None:  # the output-gate peephole reads the current cell
+            o = torch.sigmoid(pre[oi] if p_o is None else torch.addcmul(pre[oi], p_o, c))
             y = hc * o
         else:
             y = hc
-        if lay.fgr:
-            parts = [y] + ([gif.reshape(B, -1)] if n_if else []) + ([o] if o is not None else [])
-            state = torch.cat(parts, dim=1)
+        if fgr:
+            state = torch.cat([v for v in (y, i if ii is not None else None, f if fi is not None else None, o) if v is not None], 1)
         else:
             state = y
         ys.append(y)
@@ -136,15 +135,17 @@ def forward_loop(lay: Layout, xw, w_hh, peephole, w_gate, save: bool = False):
         if save:
             zs.append(z)
             hcs.append(hc)
-            gifs.append(gif)
+            is_.append(i)
+            fs.append(f)
             os_.append(o)
             states.append(state)
     Y, C = torch.stack(ys), torch.stack(cs)
     if not save:
         return Y, C
-    GIF = torch.stack(gifs) if n_if else None
-    O = torch.stack(os_) if lay.has_o else None
-    S = torch.stack(states) if lay.fgr else Y
+    gif = [torch.stack(v) for v, idx in ((is_, ii), (fs, fi)) if idx is not None]
+    GIF = torch.stack(gif, dim=2) if gif else None
+    O = torch.stack(os_) if oi is not None else None
+    S = torch.stack(states) if fgr else Y
     return Y, C, torch.stack(zs), torch.stack(hcs), GIF, O, S
 
 
