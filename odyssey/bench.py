@@ -56,10 +56,11 @@ def _timer(fn: Callable[[], None], device: torch.device) -> float:
 def _fwd_bwd(module: torch.nn.Module, x: torch.Tensor, *, onednn: bool = True) -> Callable[[], None]:
     def step() -> None:
         module.zero_grad(set_to_none=True)
-        with warnings.catch_warnings(), torch.backends.mkldnn.flags(enabled=onednn):
-            warnings.simplefilter("ignore")  # a TF32 notice about Intel GPUs
-            y = module(x)[0]
-            y.sum().backward()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # mkldnn.flags() warns about TF32 on Intel GPUs
+            with torch.backends.mkldnn.flags(enabled=onednn):
+                y = module(x)[0]
+                y.sum().backward()
 
     return step
 
