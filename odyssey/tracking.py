@@ -135,7 +135,7 @@ class MlflowTrialLogger:
         now = int(time.time() * 1000)
         for key, value in report.metrics.items():
             self._pending.append(Metric(key, float(value), now, report.epoch))
-        self._pending.append(Metric("epochs_logged", float(report.epoch), now, 0))
+        self._pending.append(Metric("epochs_logged", float(report.epoch), now, report.epoch))
         self.last_logged_epoch = report.epoch
         if report.epoch % self.flush_every == 0:
             self.flush()

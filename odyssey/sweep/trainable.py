@@ -90,7 +90,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+            state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
             run_id = json.loads((Path(folder) / META_FILE).read_text())[RUN_ID_KEY]
     if run_id is None:
         found = mlflow_runs.find_trial_run(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id)
