@@ -26,6 +26,7 @@ from odyssey.tracking import (
     TAG_TASK,
     TAG_TRIAL_ID,
     TAG_VARIANT,
+    get_or_create_experiment,
 )
 
 __all__ = [
@@ -84,18 +85,7 @@ def check_tracking_server(uri: str, *, timeout: float = 5.0) -> None:
 
 def ensure_experiment(uri: str, name: str) -> str:
     """The id of experiment ``name`` (one per study), created if needed; restores a deleted one."""
-    mlf = client(uri)
-    exp = mlf.get_experiment_by_name(name)
-    if exp is None:
-        try:
-            return mlf.create_experiment(name)
-        except Exception:  # created concurrently by another driver
-            exp = mlf.get_experiment_by_name(name)
-            if exp is None:
-                raise
-    if exp.lifecycle_stage == "deleted":
-        mlf.restore_experiment(exp.experiment_id)
-    return exp.experiment_id
+    return get_or_create_experiment(client(uri), name)
 
 
 def start_parent_run(
