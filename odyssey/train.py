@@ -38,6 +38,10 @@ class EpochReport:
     best_epoch: int
     improved: bool  # this epoch is the new best on the validation primary metric
     _checkpoint: Callable[[], dict] = field(repr=False, compare=False, default=dict)
+    # Set on the trial's last epoch (budget or early stopping reached): the result that
+    # train_trial is about to return, so that a caller can record it before anything (a Ray Tune
+    # scheduler, say) stops the trial at this report.
+    result: "TrialResult | None" = None
 
     def checkpoint(self) -> dict:
         """A ``torch.save``-able state that ``train_trial(resume_from=...)`` continues from."""
@@ -177,16 +181,22 @@ def train_trial(
         if bar is not None:
             bar.update(1)
             bar.set_postfix({"loss": f"{train_loss:.4g}", primary: f"{val[primary]:.4g}", "best": st["best_epoch"]})
-        if callback is not None:
-            callback(EpochReport(epoch, metrics, st["best_epoch"], improved, checkpoint))
         if st["stale"] >= tr.patience:
             reason = "early_stopping"
+        final = _result(status, reason, st, model) if reason == "early_stopping" or epoch == tr.max_epochs else None
+        if callback is not None:
+            callback(EpochReport(epoch, metrics, st["best_epoch"], improved, checkpoint, final))
+        if final is not None:
             break
     if bar is not None:
         bar.close()
     if status == DIVERGED:
         worst = task.worst_metrics()
         return TrialResult(status, reason, st["epoch"], st["best_epoch"], model.num_parameters(), worst, worst)
+    return _result(status, reason, st, model)
+
+
+def _result(status: str, reason: str, st: dict, model: SequenceModel) -> TrialResult:
     return TrialResult(status, reason, st["epoch"], st["best_epoch"], model.num_parameters(), st["best_val"], st["test"])
 
 

@@ -27,6 +27,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Loopback only. Ray on Linux turns 127.0.0.1 into the machine's outward address so that other
+# machines can reach it; this (documented) switch keeps every node, driver and job on 127.0.0.1.
+# It is read when Ray is first imported, and Ray's processes and our subprocesses inherit it.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -124,6 +129,7 @@ def ray_cluster(tmp_path_factory) -> RayTestCluster:
         head_node_args={
             "num_cpus": 1,
             "resources": {"head": 1},
+            "node_ip_address": "127.0.0.1",  # loopback only: drivers reach it through 127.0.0.1
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
             "dashboard_port": dashboard_port,

@@ -240,7 +240,7 @@ def test_sweep_end_to_end(tmp_path, mlflow_server, ray_cluster, capsys):
 
 
 @pytest.mark.slow
-def test_submit_to_job_server(tmp_path, mlflow_server, ray_cluster, monkeypatch):
+def test_submit_to_job_server(tmp_path, mlflow_server, ray_cluster, monkeypatch, capsys):
     """`odyssey submit` ships the project to the cluster's job server; MLFLOW_TRACKING_URI travels
     in the job's runtime env."""
     from odyssey.sweep.jobs import submit_main, wait
@@ -259,6 +259,22 @@ def test_submit_to_job_server(tmp_path, mlflow_server, ray_cluster, monkeypatch)
         logs = JobSubmissionClient(ray_cluster.dashboard_url).get_job_logs(f"odyssey-{name}")
         pytest.fail(f"job ended {status}:\n{logs[-4000:]}")
     assert_study(mlflow_server, name, variants=["vanilla", "nfg"], samples=3, epochs=2)
+
+    # the Jobs API wrappers: list, logs, stop, and an unknown id
+    from odyssey.sweep.jobs import jobs_main, logs_main, stop_main
+
+    capsys.readouterr()
+    address = ["--address", ray_cluster.dashboard_url]
+    assert jobs_main(address) == 0
+    listing = capsys.readouterr().out
+    assert any(line.split()[:3] == [f"odyssey-{name}", "SUCCEEDED", name] for line in listing.splitlines()), listing
+    assert logs_main([*address, f"odyssey-{name}"]) == 0
+    logs = capsys.readouterr().out
+    assert "[adding/vanilla] finished: 3 completed" in logs and "[adding/nfg] finished: 3 completed" in logs
+    assert stop_main([*address, f"odyssey-{name}"]) == 0
+    assert "already finished" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=f"unknown job 'nope'; jobs on this cluster: .*odyssey-{name}"):
+        logs_main([*address, "nope"])
 
 
 @pytest.mark.slow
@@ -287,6 +303,40 @@ def test_interrupt_and_resume(tmp_path, mlflow_server, ray_cluster):
     assert len(parents) == 1
     # the runs that existed before the interruption were continued, not duplicated
     assert {r.info.run_id for r in before} <= {t.info.run_id for t in trials}
+
+
+@pytest.mark.slow
+def test_asha_stops_poor_trials_and_marks_them(tmp_path, mlflow_server, ray_cluster):
+    """ASHA (grace 1 epoch, halving) cuts trials short: MLflow marks them stopped_early with
+    budget_reached=false and fewer epochs; the others complete their whole budget."""
+    from odyssey.sweep.cli import sweep_main
+    from odyssey.tracking import STATUS_STOPPED
+
+    name, epochs = "asha", 4
+    overrides = [
+        *tiny(tmp_path, name, variants=("vanilla",), samples=6, epochs=epochs),
+        "study.max_concurrent_trials=1",  # sequential: each new trial meets the recorded rungs
+        "scheduler=asha",
+        "scheduler.grace_period=1",
+        "scheduler.reduction_factor=2",
+        f"tracking.uri={mlflow_server}",
+        f"ray.address={ray_cluster.address}",
+    ]
+    assert sweep_main(overrides) == 0
+    client, parents, trials = study_runs(mlflow_server, name)
+    assert len(parents) == 1 and len(trials) == 6
+    statuses = Counter(t.data.tags[TAG_STATUS] for t in trials)
+    assert set(statuses) <= {STATUS_COMPLETED, STATUS_STOPPED}, statuses
+    # Seeded random search: with reduction factor 2 a trial below the rung's median is cut;
+    # the first trial always completes, and 5 trials that all beat the median is ~3% a priori.
+    assert statuses[STATUS_STOPPED] >= 1 and statuses[STATUS_COMPLETED] >= 1, statuses
+    for t in trials:
+        steps = assert_no_duplicate_steps(client, t)
+        assert t.data.tags[TAG_SCHEDULER] == "asha"
+        if t.data.tags[TAG_STATUS] == STATUS_STOPPED:
+            assert t.data.tags[TAG_BUDGET_REACHED] == "false" and len(steps) < epochs
+        else:
+            assert t.data.tags[TAG_BUDGET_REACHED] == "true" and steps == list(range(1, epochs + 1))
 
 
 @pytest.mark.slow
@@ -322,3 +372,4 @@ def test_worker_node_killed(tmp_path, mlflow_server, ray_cluster):
     text = log.read_text()
     assert "retrying from its last checkpoint" in text, text[-3000:]  # the lost trial was retried
     assert all(len(assert_no_duplicate_steps(client, t)) == 30 for t in trials)  # ... and finished
+

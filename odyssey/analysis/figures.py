@@ -40,7 +40,7 @@ def box_plot(task: str, values: dict[str, np.ndarray], welch: pd.DataFrame, metr
         patch.set_facecolor(colour)
     ax.set_xticks(range(1, len(variants) + 1), [f"{v} *" if v in sig else v for v in variants], rotation=30)
     ax.set_ylabel(f"test {metric}")
-    ax.set_title(f"{task}: test {metric} per variant (* p < 0.05 vs vanilla)")
+    ax.set_title(f"{task}: test {metric} per variant\n(* Welch p < 0.05 vs vanilla, all trials)", fontsize=10)
     return _save(fig, path)
 
 

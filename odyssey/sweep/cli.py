@@ -30,12 +30,23 @@ def sweep_main(argv: Sequence[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return 0
+    overrides = shlex.split(os.environ.get("ODYSSEY_OVERRIDES", "")) + argv
+    _loopback_if_local(overrides)
     from odyssey.sweep.runner import run_sweep
     from odyssey.sweep.study import load_sweep
 
-    overrides = shlex.split(os.environ.get("ODYSSEY_OVERRIDES", "")) + argv
     run_sweep(load_sweep(overrides))
     return 0
+
+
+def _loopback_if_local(overrides: list[str]) -> None:
+    """A Ray runtime this command starts itself stays on 127.0.0.1: on Linux Ray otherwise
+    advertises the machine's outward address. Must run before Ray is imported; not for a
+    configured cluster (``ray.address``, ``$RAY_ADDRESS``) or inside a Ray job."""
+    configured = any(o.startswith("ray.address=") and o.split("=", 1)[1] not in ("", "null") for o in overrides)
+    if configured or os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def main() -> None:  # ``python -m odyssey.sweep.cli``

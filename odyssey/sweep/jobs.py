@@ -202,12 +202,24 @@ def jobs_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _known_job(client, job_id: str) -> None:
+    """An unknown submission id is one clear error listing the ids the job server knows."""
+    try:
+        client.get_job_status(job_id)
+    except Exception as exc:  # the client raises RuntimeError("... does not exist") for unknown ids
+        if "does not exist" not in str(exc) and "404" not in str(exc):
+            raise
+        known = [j.submission_id or j.job_id for j in client.list_jobs()]
+        raise ConfigError(f"unknown job {job_id!r}; jobs on this cluster: {', '.join(known) or '(none)'}") from None
+
+
 def logs_main(argv: Sequence[str]) -> int:
     """``odyssey logs ID [--follow] [--address URL]``."""
     parser = _parser("odyssey logs", with_id=True)
     parser.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
     args = parser.parse_args(list(argv))
     client = _client(args.address)
+    _known_job(client, args.job_id)
     if args.follow:
         status = wait(args.job_id, address=args.address, follow=True)
         print(f"\njob {args.job_id}: {status}")
@@ -219,6 +231,8 @@ def logs_main(argv: Sequence[str]) -> int:
 def stop_main(argv: Sequence[str]) -> int:
     """``odyssey stop ID [--address URL]``: stop a job (its trials stop; resume later with resume=true)."""
     args = _parser("odyssey stop", with_id=True).parse_args(list(argv))
-    stopped = _client(args.address).stop_job(args.job_id)
+    client = _client(args.address)
+    _known_job(client, args.job_id)
+    stopped = client.stop_job(args.job_id)
     print(f"job {args.job_id}: {'stop requested' if stopped else 'already finished'}")
     return 0

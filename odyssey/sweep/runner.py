@@ -86,7 +86,11 @@ def run_sweep(sweep: SweepConfig) -> list[SearchOutcome]:
     started = False
     if not ray.is_initialized():
         # Trials' own output stays in the Ray logs; the driver prints the progress view only.
-        ray.init(address=sweep.ray_address, runtime_env=_runtime_env(), log_to_driver=False)
+        # A runtime started here (no address anywhere) lives on loopback; Ray's dashboard and job
+        # server bind to 127.0.0.1 by default too.
+        local = sweep.ray_address in (None, "local") and not os.environ.get("RAY_ADDRESS")
+        extra = {"_node_ip_address": "127.0.0.1"} if local else {}
+        ray.init(address=sweep.ray_address, runtime_env=_runtime_env(), log_to_driver=False, **extra)
         started = True
     try:
         print(

@@ -111,8 +111,16 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         run_id=run_id,
     )  # with run_id: reopens the run; epochs up to its last logged one are not logged again
 
+    finished = []
+
+    def finish(result) -> None:
+        logger.finish(result, STATUS_DIVERGED if result.status == "diverged" else STATUS_COMPLETED)
+        finished.append(result)
+
     def on_epoch(report) -> None:
         logger(report)  # flushes with log_batch before the checkpoint below is taken
+        if report.result is not None:  # the last epoch: close the run before a scheduler can stop us here
+            finish(report.result)
         metrics = {**report.metrics, "epoch": report.epoch, "best_epoch": report.best_epoch, RUN_ID_KEY: logger.run_id}
         if report.epoch % ctx.checkpoint_every:
             tune.report(metrics)
@@ -123,7 +131,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     result = train_trial(cfg, callback=on_epoch, resume_from=state, task=task)
-    logger.finish(result, STATUS_DIVERGED if result.status == "diverged" else STATUS_COMPLETED)
+    if not finished:  # diverged (no report for that epoch), or resumed after its last epoch
+        finish(result)
 
 
 def trial_config(ctx: TrialContext, trial_id: str, config: dict[str, Any]):
