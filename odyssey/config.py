@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from odyssey.cells import VariantSpec, variant_from_mapping
 from odyssey.errors import ConfigError
+from odyssey.errors import require as _check
 from odyssey.tasks import TaskConfig, task_config_from_mapping
 
 __all__ = [
@@ -228,8 +229,3 @@ def _container(cfg: DictConfig, key: str) -> dict:
         return OmegaConf.to_container(node, resolve=True)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"cannot resolve '{key}': {exc}") from None
-
-
-def _check(ok: bool, key: str, value: Any, valid: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: expected {valid}")

@@ -16,3 +16,9 @@ class DataError(OdysseyError, ValueError):
 
 class ServiceError(OdysseyError, RuntimeError):
     """A service (MLflow tracking server, Ray cluster, job server) cannot be reached or refused."""
+
+
+def require(ok: bool, key: str, value: object, valid: str) -> None:
+    """Raise ``ConfigError("key=value is invalid: expected valid")`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: expected {valid}")

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from odyssey.config import TrackingConfig, TrialConfig, compose, config_dir, trial_config, typed
 from odyssey.errors import ConfigError, OdysseyError
+from odyssey.errors import require as _check
 from odyssey.sweep.search_space import SearchSpace, translate
 
 __all__ = [
@@ -253,8 +254,3 @@ def _container(cfg: DictConfig, key: str) -> Any:
     if node is None:
         raise ConfigError(f"the sweep config has no '{key}' section")
     return OmegaConf.to_container(node, resolve=True)
-
-
-def _check(ok: bool, key: str, value: Any, valid: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: expected {valid}")
