@@ -289,3 +289,21 @@ def test_activation_backward_rule_matches_autograd(name):
     grad = torch.randn_like(y)
     (expected,) = torch.autograd.grad(y, x, grad)
     torch.testing.assert_close(act.backward(grad, y.detach()), expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ALL)
+def test_cuda_matches_cpu(name):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    cpu = VariantLSTM(preset(name), 5, 6, bidirectional=True).double()
+    gpu = VariantLSTM(preset(name), 5, 6, bidirectional=True).double().cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(7, 3, 5, dtype=torch.double)
+    lengths = torch.tensor([7, 5, 2])
+    for layer, xs in ((cpu, x), (gpu, x.cuda())):
+        out, _ = layer(xs, lengths)
+        out.square().sum().backward()
+    torch.testing.assert_close(gpu(x.cuda(), lengths)[0].cpu(), cpu(x, lengths)[0])
+    for (n, a), b in zip(cpu.named_parameters(), gpu.parameters()):
+        torch.testing.assert_close(b.grad.cpu(), a.grad, msg=n)
