@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -174,3 +175,20 @@ def test_gpu_training_uses_the_gpu():
         pytest.skip("no CUDA device on this machine")
     result = train_trial(small_trial("train.max_epochs=1", "train.device=cuda"))
     assert result.status == "completed"
+
+
+JSB_DIR = Path(os.environ.get("ODYSSEY_JSB_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "jsb")
+
+
+@pytest.mark.skipif(not (JSB_DIR / "jsb-chorales-quarter.pkl").is_file(), reason=f"JSB Chorales not found in {JSB_DIR} (set ODYSSEY_JSB_DIR)")
+def test_paper_protocol_on_jsb_beats_the_independent_bernoulli_baseline():
+    # The README's reference: independent per-key Bernoulli fitted on train gives test NLL 11.06;
+    # LSTMs reach 8.4-8.7. Three epochs of online SGD (the paper's protocol) must already model
+    # some temporal structure: measured 9.9 at epoch 3 with these settings.
+    cfg = trial_config(
+        compose("train", ["task=jsb", f"task.data_dir={JSB_DIR}", "model.hidden_size=100", "train.lr=0.1", "train.momentum=0.9", "train.max_epochs=3"])
+    )
+    assert cfg.train.batch_size == 1
+    result = train_trial(cfg)
+    assert result.status == "completed"
+    assert result.test["nll"] < 10.8, result.test
