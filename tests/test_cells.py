@@ -307,3 +307,15 @@ def test_cuda_matches_cpu(name):
     torch.testing.assert_close(gpu(x.cuda(), lengths)[0].cpu(), cpu(x, lengths)[0])
     for (n, a), b in zip(cpu.named_parameters(), gpu.parameters()):
         torch.testing.assert_close(b.grad.cpu(), a.grad, msg=n)
+
+
+def test_bench_command_prints_a_ratio_row_per_variant_and_batch(capsys):
+    from odyssey.bench import main
+
+    assert main(["cells", "--variants", "np", "fgr", "--batches", "1", "2", "--seq-len", "3", "--repeats", "1"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("np ", "fgr "))]
+    assert [(r[0], r[1], int(r[2])) for r in rows] == [("np", "cpu", 1), ("fgr", "cpu", 1), ("np", "cpu", 2), ("fgr", "cpu", 2)]
+    for r in rows:  # ms/seq, nn.LSTM ms/seq, ratio, ratio vs ATen: positive and consistent
+        ours, ref, ratio, aten = map(float, r[3:7])
+        assert ours > 0 and ref > 0 and aten > 0
+        assert ratio == pytest.approx(ours / ref, rel=0.02, abs=0.01)
