@@ -103,7 +103,7 @@ def test_data_dir_resolution_order(tmp_path, monkeypatch):
     shared = ROOT.parent / "shared" / "data" / "jsb"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     cache = tmp_path / "cache" / "odyssey" / "data" / "jsb"
-    assert default_data_dir() == (shared.resolve() if shared.is_dir() else cache)
+    assert default_data_dir().resolve() == (shared.resolve() if shared.is_dir() else cache.resolve())
     assert default_data_dir(include_shared=False) == cache  # where `odyssey data fetch jsb` writes
 
 
