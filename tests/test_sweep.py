@@ -340,6 +340,34 @@ def test_asha_stops_poor_trials_and_marks_them(tmp_path, mlflow_server, ray_clus
 
 
 @pytest.mark.slow
+def test_failing_trials_are_retried_then_recorded_as_failed(tmp_path, mlflow_server, ray_cluster, capsys):
+    """A trial that raises (here: asks for CUDA on a CPU-only cluster, which only the worker can
+    know) is retried `max_failures` times, then recorded as failed; the study still finishes."""
+    import torch
+
+    from odyssey.sweep.cli import sweep_main
+
+    if torch.cuda.is_available():
+        pytest.skip("makes trials fail by asking for CUDA: needs a machine without it")
+    name = "failing"
+    overrides = [
+        *tiny(tmp_path, name, variants=("vanilla",), samples=2, epochs=2),
+        "train.device=cuda",
+        "study.max_failures=1",
+        f"tracking.uri={mlflow_server}",
+        f"ray.address={ray_cluster.address}",
+    ]
+    assert sweep_main(overrides) == 0
+    out = capsys.readouterr().out
+    client, parents, trials = study_runs(mlflow_server, name)
+    assert len(parents) == 1 and len(trials) == 2
+    assert [t.data.tags[TAG_STATUS] for t in trials] == [STATUS_FAILED, STATUS_FAILED]
+    assert all("CUDA" in t.data.tags.get("odyssey.error", "") for t in trials)
+    assert parents[0].data.metrics["trials/failed"] == 2
+    assert out.count("retrying from its last checkpoint") == 2 and "[adding/vanilla] finished: 2 failed" in out
+
+
+@pytest.mark.slow
 def test_worker_node_killed(tmp_path, mlflow_server, ray_cluster):
     """Lose a node mid-sweep: its trial is retried from its checkpoint elsewhere; every trial ends
     completed or failed, none is lost, none has two runs. (Last: it replaces the worker node.)"""
