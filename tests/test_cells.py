@@ -20,6 +20,7 @@ COMBOS = {
     "cifg+fgr": VariantSpec(coupled_input_forget=True, full_gate_recurrence=True),
     "nig+fgr": VariantSpec(input_gate=False, full_gate_recurrence=True),
     "nfg+nog+sigmoid": VariantSpec(forget_gate=False, output_gate=False, block_activation="sigmoid"),
+    "nig+nfg+relu": VariantSpec(input_gate=False, forget_gate=False, output_activation="relu"),
 }
 SPECS = {**{n: preset(n) for n in ALL}, **COMBOS}
 
@@ -142,9 +143,12 @@ def test_fused_backward_equals_autograd(name):
     plain.load_state_dict(fused.state_dict())
     x = torch.randn(9, 3, 4)
     lengths = torch.tensor([9, 4, 7])
+    inputs = []
     for layer in (fused, plain):
-        out, (h, c) = layer(x, lengths)
+        inputs.append(x.clone().requires_grad_())
+        out, (h, c) = layer(inputs[-1], lengths)
         (out.sin().sum() + h.square().sum() + c.sum()).backward()
+    torch.testing.assert_close(inputs[0].grad, inputs[1].grad)
     for (n, a), b in zip(fused.named_parameters(), plain.parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=n)
 
@@ -289,6 +293,12 @@ def test_activation_backward_rule_matches_autograd(name):
     grad = torch.randn_like(y)
     (expected,) = torch.autograd.grad(y, x, grad)
     torch.testing.assert_close(act.backward(grad, y.detach()), expected)
+    # The out= forms the fused loop uses write the same values into the given tensor.
+    out = torch.full((2, 61), float("nan"), dtype=torch.double)
+    assert act.fn(x.detach(), out=out[1]).data_ptr() == out[1].data_ptr()
+    act.backward(grad, y.detach(), out=out[0])
+    torch.testing.assert_close(out[1], y.detach())
+    torch.testing.assert_close(out[0], expected)
 
 
 @pytest.mark.gpu

@@ -35,7 +35,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from odyssey.cells.recurrence import Layout, VariantRecurrence, forward_loop
+from odyssey.cells.fused import FusedRecurrence
+from odyssey.cells.recurrence import Layout, forward_loop
 from odyssey.cells.spec import VariantSpec
 
 __all__ = ["VariantLSTM", "load_torch_lstm_state_dict"]
@@ -96,15 +97,14 @@ class VariantLSTM(nn.Module):
             nn.init.normal_(p, 0.0, std)
 
     def _direction(self, x: torch.Tensor, sfx: str) -> tuple[torch.Tensor, torch.Tensor]:
-        w_ih = getattr(self, "weight_ih" + sfx)
+        w_ih, bias, w_hh = (getattr(self, name + sfx) for name in ("weight_ih", "bias", "weight_hh"))
+        peephole, w_gate = getattr(self, "peephole" + sfx, None), getattr(self, "weight_gate_hh" + sfx, None)
+        if self.fused:
+            return FusedRecurrence.apply(self.layout, x, w_ih, bias, w_hh, peephole, w_gate)
         T, B, _ = x.shape
         # The input projection of all steps at once: (T*B, I) @ (I, G*H).
-        xw = torch.addmm(getattr(self, "bias" + sfx), x.reshape(T * B, -1), w_ih.t()).view(T, B, -1)
-        args = (xw, getattr(self, "weight_hh" + sfx), getattr(self, "peephole" + sfx, None))
-        w_gate = getattr(self, "weight_gate_hh" + sfx, None)
-        if self.fused:
-            return VariantRecurrence.apply(self.layout, *args, w_gate)
-        return forward_loop(self.layout, *args, w_gate)
+        xw = torch.addmm(bias, x.reshape(T * B, -1), w_ih.t()).view(T, B, -1)
+        return forward_loop(self.layout, xw, w_hh, peephole, w_gate)
 
     def forward(
         self, x: torch.Tensor, lengths: torch.Tensor | None = None
