@@ -27,6 +27,7 @@ TAG_SCHEDULER = "odyssey.scheduler"  # fifo | asha
 TAG_BUDGET_REACHED = "odyssey.budget_reached"  # "true" when the trial ran its full epoch budget
 TAG_TRIAL_ID = "odyssey.trial_id"  # Ray Tune trial id
 TAG_STUDY = "odyssey.study"
+TAG_DEVICE = "odyssey.device"  # where the trial trained: "cpu" or "cuda:N (<GPU name>)"
 
 STATUS_COMPLETED = "completed"
 STATUS_STOPPED = "stopped_early"  # stopped by the scheduler (ASHA)
@@ -156,6 +157,7 @@ class MlflowTrialLogger:
         tags = [RunTag(TAG_STATUS, status)] + [RunTag(k, v) for k, v in (extra_tags or {}).items()]
         if result is not None:
             tags.append(RunTag(TAG_BUDGET_REACHED, str(result.budget_reached).lower()))
+            tags.append(RunTag(TAG_DEVICE, result.device))
         self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
         self.client.set_terminated(self.run_id, status="FAILED" if status == STATUS_FAILED else "FINISHED")
 

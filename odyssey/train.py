@@ -24,7 +24,7 @@ from odyssey.config import TrialConfig
 from odyssey.model import SequenceModel, build_model
 from odyssey.tasks import Sequence, Task, build_task, collate
 
-__all__ = ["EpochReport", "TrialResult", "evaluate", "resolve_device", "train_trial"]
+__all__ = ["EpochReport", "TrialResult", "device_label", "evaluate", "resolve_device", "train_trial"]
 
 COMPLETED, DIVERGED = "completed", "diverged"
 
@@ -58,12 +58,21 @@ class TrialResult:
     best_val: dict[str, float]  # validation metrics at the best epoch
     test: dict[str, float]  # test metrics at the best epoch
     budget_reached: bool = True  # the trial ended by its own protocol (not cut short)
+    device: str = "cpu"  # where it trained: "cpu" or "cuda:N (<GPU name>)"
 
     def final_metrics(self) -> dict[str, float]:
         out = {f"test/{k}": v for k, v in self.test.items()}
         out.update({f"best_val/{k}": v for k, v in self.best_val.items()})
         out.update(best_epoch=float(self.best_epoch), epochs=float(self.epochs))
         return out
+
+
+def device_label(device: torch.device) -> str:
+    """``cpu``, or ``cuda:N (<GPU name>)``: recorded with each trial, so a study shows where it ran."""
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -192,12 +201,16 @@ def train_trial(
         bar.close()
     if status == DIVERGED:
         worst = task.worst_metrics()
-        return TrialResult(status, reason, st["epoch"], st["best_epoch"], model.num_parameters(), worst, worst)
+        where = device_label(device)
+        return TrialResult(status, reason, st["epoch"], st["best_epoch"], model.num_parameters(), worst, worst, device=where)
     return _result(status, reason, st, model)
 
 
 def _result(status: str, reason: str, st: dict, model: SequenceModel) -> TrialResult:
-    return TrialResult(status, reason, st["epoch"], st["best_epoch"], model.num_parameters(), st["best_val"], st["test"])
+    device = device_label(next(model.parameters()).device)
+    return TrialResult(
+        status, reason, st["epoch"], st["best_epoch"], model.num_parameters(), st["best_val"], st["test"], device=device
+    )
 
 
 def _progress_bar(total: int, initial: int, desc: str):

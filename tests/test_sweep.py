@@ -24,6 +24,7 @@ from odyssey.tracking import (
     STATUS_DIVERGED,
     STATUS_FAILED,
     TAG_BUDGET_REACHED,
+    TAG_DEVICE,
     TAG_ROLE,
     TAG_SCHEDULER,
     TAG_SEARCH,
@@ -98,6 +99,7 @@ def assert_study(uri: str, name: str, *, variants, samples, epochs, statuses=(ST
         assert 4 <= int(params["hidden_size"]) <= 8 and 1e-3 <= float(params["lr"]) <= 1e-1
         assert 0.0 <= float(params["momentum"]) <= 0.9 and params["train.max_epochs"] == str(epochs)
         if tags[TAG_STATUS] == STATUS_COMPLETED:
+            assert tags[TAG_DEVICE] == "cpu"  # no GPU asked for: Ray hides the GPUs from the trial
             assert {"test/mse", "test/accuracy", "best_val/mse", "best_epoch"} <= set(metrics)
             assert assert_no_duplicate_steps(client, t) == list(range(1, epochs + 1))
             val = [m.step for m in client.get_metric_history(t.info.run_id, "val/mse")]
@@ -401,3 +403,28 @@ def test_worker_node_killed(tmp_path, mlflow_server, ray_cluster):
     assert "retrying from its last checkpoint" in text, text[-3000:]  # the lost trial was retried
     assert all(len(assert_no_duplicate_steps(client, t)) == 30 for t in trials)  # ... and finished
 
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+def test_trials_given_a_gpu_fraction_train_on_the_gpu(tmp_path, mlflow_server, ray_cluster):
+    """`+resources=gpu_quarter`: each trial reserves a quarter GPU, trains on it (train.device=auto),
+    and records where in its `odyssey.device` tag."""
+    import torch
+
+    from odyssey.sweep.cli import sweep_main
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    name = "gpu_quarter"
+    overrides = [
+        *tiny(tmp_path, name, variants=("vanilla",), samples=4, epochs=2),
+        "+resources=gpu_quarter",
+        f"tracking.uri={mlflow_server}",
+        f"ray.address={ray_cluster.address}",
+    ]
+    assert sweep_main(overrides) == 0
+    _, _, trials = study_runs(mlflow_server, name)
+    assert len(trials) == 4
+    assert all(t.data.tags[TAG_STATUS] == STATUS_COMPLETED for t in trials)
+    assert all(t.data.tags[TAG_DEVICE].startswith("cuda:") for t in trials), [t.data.tags[TAG_DEVICE] for t in trials]

@@ -147,6 +147,7 @@ def test_odyssey_train_records_a_run_in_mlflow(mlflow_server, tmp_path):
     assert p["task.length"] == "12" and p["variant.coupled_input_forget"] == "True"
     assert t["odyssey.variant"] == "cifg" and t["odyssey.task"] == "adding"
     assert t["odyssey.status"] == "completed" and t["odyssey.seed"] == "1"
+    assert t["odyssey.device"] == "cpu"  # this machine has no GPU; train.device=auto fell back
     cfg = small_trial("variant=cifg")
     expected_params = cfg.variant.num_parameters(2, 8) + 8 * 1 + 1  # cell + linear head
     assert t["odyssey.params_count"] == str(expected_params)
@@ -175,6 +176,10 @@ def test_gpu_training_uses_the_gpu():
         pytest.skip("no CUDA device on this machine")
     result = train_trial(small_trial("train.max_epochs=1", "train.device=cuda"))
     assert result.status == "completed"
+    assert result.device.startswith("cuda:0 ("), result.device
+    auto = train_trial(small_trial("train.max_epochs=1"))  # train.device=auto picks the GPU
+    assert auto.device == result.device
+    assert train_trial(small_trial("train.max_epochs=1", "train.device=cpu")).device == "cpu"
 
 
 JSB_DIR = Path(os.environ.get("ODYSSEY_JSB_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "jsb")
