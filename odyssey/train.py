@@ -201,8 +201,7 @@ def train_trial(
         bar.close()
     if status == DIVERGED:
         worst = task.worst_metrics()
-        where = device_label(device)
-        return TrialResult(status, reason, st["epoch"], st["best_epoch"], model.num_parameters(), worst, worst, device=where)
+        st = {**st, "best_val": worst, "test": worst}
     return _result(status, reason, st, model)
 
 

@@ -207,6 +207,47 @@ def test_welch_table_rows():
 VARIANT_SHIFT = {"vanilla": 0.0, "nfg": 1.0, "cifg": 0.0}
 
 
+def test_deepcave_export_reads_back_with_configspace(tmp_path):
+    """Every exported config is legal in the exported space, read by ConfigSpace itself (the
+    reader DeepCAVE uses); times are relative to the search's start; objective bounds come from
+    the completed trials only (the others are written without costs)."""
+    from ConfigSpace import Configuration, ConfigurationSpace
+
+    from odyssey.analysis.deepcave import export_deepcave
+
+    rng = np.random.default_rng(3)
+    n = 12
+    statuses = ["completed"] * 8 + ["diverged", "failed", "stopped_early", "completed"]
+    trials = pd.DataFrame({
+        "task": "adding", "variant": "vanilla", "metric": "mse", "lower_is_better": True,
+        "hidden_size": rng.integers(20, 201, n).astype(float),
+        "lr": 10 ** rng.uniform(-6, -2, n),  # values with more than 13 significant decimals
+        "momentum": 1 - 10 ** rng.uniform(-2, 0, n),
+        "input_noise": rng.uniform(0, 1, n),
+        "seed": np.arange(n, dtype=float),
+        "status": statuses,
+        "test": np.r_[rng.uniform(0.1, 0.2, 8), [np.nan, np.nan, 0.9, 0.15]],
+        "val": np.r_[rng.uniform(0.1, 0.2, 8), [np.nan, np.nan, 0.95, 0.12]],
+        "run_id": [f"r{i}" for i in range(n)],
+        "start_time": 1.7e9 + 10.0 * np.arange(n),
+        "end_time": 1.7e9 + 10.0 * np.arange(n) + 5.0,
+    })  # fmt: skip
+    (folder,) = export_deepcave(trials, tmp_path)
+    space = ConfigurationSpace.from_json(folder / "configspace.json")
+    configs = json.loads((folder / "configs.json").read_text())
+    assert len(configs) == n
+    for values in configs.values():
+        Configuration(space, values=values)  # raises IllegalValueError for a value out of bounds
+    history = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+    assert [h[4] for h in history] == [10.0 * i for i in range(n)] and all(h[5] - h[4] == 5.0 for h in history)
+    assert [h[6] for h in history] == [1] * 8 + [4, 4, 5, 1]
+    assert history[10][3] == [None, None]  # stopped early: no costs
+    meta = json.loads((folder / "meta.json").read_text())
+    val = meta["objectives"][1]
+    done = trials[trials["status"] == "completed"]["val"]
+    assert (val["name"], val["lower"], val["upper"]) == ("val/mse", done.min(), done.max())  # not 0.95
+
+
 def _log_study(uri: str, name: str, groups: dict[tuple[str, str], list[dict]]) -> None:
     """Log a synthetic study with the sweep's schema: parent search runs, child trial runs.
 

@@ -13,8 +13,15 @@ One folder per (task, variant) search, holding the files DeepCAVE's ``Run.load``
   end_time, status, additional]`` with DeepCAVE's status codes (1 success, 4 crashed, 5
   aborted). Diverged and failed trials are "crashed" with ``null`` costs (DeepCAVE fills those
   with the worst value), trials stopped early are "aborted". The budget is 1 (one full run).
+  Times are seconds since the search's first trial started, as DeepCAVE's own recorder writes.
 
-DeepCAVE itself is not needed to write these.
+DeepCAVE itself is not needed to write these. Checked by loading the folders with
+``DeepCAVERun.from_path`` in DeepCAVE 1.3.4 and 1.4.1 (ConfigSpace 1.2; DeepCAVE needs Python
+< 3.11, so it runs in an environment of its own): configs, costs, statuses, budgets, seeds and
+trajectories read back as written. DeepCAVE 1.4.x's loader misplaces the two time fields of every
+history row (its own saved runs too), so its cost-over-time views are wrong there; 1.3.4 reads them.
+ConfigSpace >= 1.0 rounds float bounds to 13 decimals, so the bounds are rounded outward here:
+otherwise the extreme trials fall outside the space and DeepCAVE refuses their configs.
 """
 
 from __future__ import annotations
@@ -51,6 +58,10 @@ def _configspace(df: pd.DataFrame) -> dict:
         lo, hi = (float(vals.min()), float(vals.max())) if len(vals) else (1.0, 2.0)
         if kind == "uniform_int":
             lo, hi = math.floor(lo), math.ceil(hi)
+        else:  # outward, at ConfigSpace's 13 decimals (a log scale keeps lo > 0)
+            lo_13 = math.floor(lo * 1e13) / 1e13
+            lo = lo_13 if (lo_13 > 0 or not log) else lo
+            hi = math.ceil(hi * 1e13) / 1e13
         if hi <= lo:  # ConfigSpace needs lower < upper
             hi = lo + (1 if kind == "uniform_int" else max(abs(lo) * 1e-6, 1e-12))
         default = round(math.sqrt(lo * hi)) if kind == "uniform_int" else (math.sqrt(lo * hi) if log else 0.5 * (lo + hi))
@@ -89,6 +100,7 @@ def export_deepcave(trials: pd.DataFrame, out_dir: Path) -> list[Path]:
         folder = Path(out_dir) / str(task) / str(variant)
         folder.mkdir(parents=True, exist_ok=True)
         configs, origins, history, seeds = {}, {}, [], set()
+        t0 = float(g["start_time"].min())
         for i, row in enumerate(g.itertuples(index=False)):
             configs[i] = _config(row)
             origins[i] = "random"
@@ -98,10 +110,12 @@ def export_deepcave(trials: pd.DataFrame, out_dir: Path) -> list[Path]:
             status = STATUS_SUCCESS if ok else STATUS_ABORTED if row.status == STATUS_STOPPED else STATUS_CRASHED
             costs = [_finite(row.test), _finite(row.val)] if ok else [None, None]
             additional = {"mlflow_run_id": row.run_id, "odyssey_status": row.status}
-            history.append([i, 1.0, seed, costs, round(row.start_time, 2), round(row.end_time, 2), status, additional])
+            end = max(row.end_time, row.start_time)  # a run still open has no end time (0)
+            times = [round(row.start_time - t0, 2), round(end - t0, 2)]
+            history.append([i, 1.0, seed, costs, *times, status, additional])
         objectives = []
         for name, col in ((f"test/{metric}", "test"), (f"val/{metric}", "val")):
-            vals = g[col].astype(float)
+            vals = g.loc[g["status"] == STATUS_COMPLETED, col].astype(float)  # the trials with costs
             vals = vals[vals.map(math.isfinite)]
             objectives.append(
                 {
