@@ -229,12 +229,11 @@ class FusedRecurrence(torch.autograd.Function):
         # dPRE laid out (G*H, T*B) once.
         T_B = T * B
         d_pre = dPRE.permute(1, 0, 2).reshape(-1, T_B)  # (G*H, T*B)
-        states = S[:-1] if lay.fgr else S[:-1, :H]  # the recurrent input of each step
-        d_w_rec = d_pre @ states.permute(1, 0, 2).reshape(-1, T_B).t()  # (G*H, H [+ K*H])
-        d_w_hh, d_w_gate = d_w_rec[:, :H], None
-        if lay.fgr:  # Rg's rows are the gate rows of [R | Rg'] (its g rows are zeros)
-            d_rg = d_w_rec[:, H:]
-            d_w_gate = torch.cat([d_rg[: n_if * H], d_rg[(n_if + 1) * H :]])
+        states = (S[:-1] if lay.fgr else S[:-1, :H]).permute(1, 0, 2).reshape(-1, T_B)  # (H [+ K*H], T*B)
+        d_w_hh, d_w_gate = d_pre @ states[:H].t(), None
+        if lay.fgr:  # Rg maps the gate activations into the gate rows only (not the g rows)
+            gate_rows = [d_pre[blocks["if"]], d_pre[blocks["o"]]] if lay.has_o else [d_pre[blocks["if"]]]
+            d_w_gate = torch.cat([d @ states[H:].t() for d in gate_rows if d.shape[0]])
         d_peep = None
         if peephole is not None:
             parts = []
