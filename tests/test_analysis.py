@@ -207,6 +207,9 @@ def test_welch_table_rows():
 VARIANT_SHIFT = {"vanilla": 0.0, "nfg": 1.0, "cifg": 0.0}
 
 
+# The export writes "default" (what ConfigSpace 0.6, read by DeepCAVE 1.2, knows); ConfigSpace 1.x
+# reads it and warns that it now calls it "default_value".
+@pytest.mark.filterwarnings("ignore:The field 'default' should be 'default_value'")
 def test_deepcave_export_reads_back_with_configspace(tmp_path):
     """Every exported config is legal in the exported space, read by ConfigSpace itself (the
     reader DeepCAVE uses); times are relative to the search's start; objective bounds come from
