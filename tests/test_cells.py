@@ -21,6 +21,7 @@ COMBOS = {
     "nig+fgr": VariantSpec(input_gate=False, full_gate_recurrence=True),
     "nfg+nog+sigmoid": VariantSpec(forget_gate=False, output_gate=False, block_activation="sigmoid"),
     "nig+nfg+relu": VariantSpec(input_gate=False, forget_gate=False, output_activation="relu"),
+    "nog+noaf": VariantSpec(output_gate=False, output_activation="identity"),  # y = c: dc is dy itself
 }
 SPECS = {**{n: preset(n) for n in ALL}, **COMBOS}
 
