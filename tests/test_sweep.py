@@ -242,6 +242,36 @@ def test_sweep_end_to_end(tmp_path, mlflow_server, ray_cluster, capsys):
 
 
 @pytest.mark.slow
+def test_tpe_search_end_to_end(tmp_path, mlflow_server, ray_cluster, capsys):
+    """`search=tpe`: Optuna's TPE through Ray Tune's OptunaSearch, seeded, recorded like random search."""
+    from odyssey.sweep.cli import sweep_main
+
+    name = "tpe"
+    overrides = [
+        *tiny(tmp_path, name, variants=("vanilla",), samples=4, epochs=2),
+        "search=tpe",
+        "search.n_startup_trials=2",  # the last two trials are TPE's own suggestions
+        f"tracking.uri={mlflow_server}",
+        f"ray.address={ray_cluster.address}",
+    ]
+    assert sweep_main(overrides) == 0
+    client, parents, trials = study_runs(mlflow_server, name)
+    assert len(parents) == 1 and parents[0].data.tags[TAG_SEARCH] == "tpe"
+    assert parents[0].data.metrics["trials/completed"] == 4 and len(trials) == 4
+    seeds, points = set(), set()
+    for t in trials:
+        tags, params = t.data.tags, t.data.params
+        assert tags[TAG_SEARCH] == "tpe" and tags[TAG_STATUS] == STATUS_COMPLETED
+        assert 4 <= int(params["hidden_size"]) <= 8 and 1e-3 <= float(params["lr"]) <= 1e-1
+        assert 0.0 <= float(params["momentum"]) <= 0.9 and 0.0 <= float(params["input_noise"]) <= 0.1
+        assert assert_no_duplicate_steps(client, t) == [1, 2]
+        seeds.add(tags["odyssey.seed"])
+        points.add((params["hidden_size"], params["lr"], params["momentum"], params["input_noise"]))
+    assert len(seeds) == 4 and len(points) == 4  # every trial its own sample and seed
+    assert "[adding/vanilla] 4/4 done, 0 running, 0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_submit_to_job_server(tmp_path, mlflow_server, ray_cluster, monkeypatch, capsys):
     """`odyssey submit` ships the project to the cluster's job server; MLFLOW_TRACKING_URI travels
     in the job's runtime env."""
