@@ -45,6 +45,26 @@ def test_training_on_the_adding_problem_lowers_the_loss():
     assert result.best_epoch == min(range(1, 7), key=lambda e: (reports[e - 1].metrics["val/mse"], e))
 
 
+def test_stacked_bidirectional_model_shapes_parameters_and_learning():
+    """`model=bidirectional model.num_layers=2`: layer 2 reads both directions of layer 1 (2H
+    inputs), the head reads 2H; the parameter count follows, and the stack learns."""
+    from odyssey.model import build_model
+
+    cfg = small_trial("model=bidirectional", "model.hidden_size=8", "model.num_layers=2", "variant=cifg",
+                      "train.max_epochs=6", "train.lr=0.1", "train.momentum=0.9", "train.batch_size=4")  # fmt: skip
+    task = build_task(cfg.task)
+    model = build_model(cfg, task)
+    H, I, O = 8, task.input_size, task.output_size
+    cell = cfg.variant.num_parameters
+    assert model.num_parameters() == 2 * cell(I, H) + 2 * cell(2 * H, H) + (2 * H * O + O)
+    x = torch.randn(7, 3, I)
+    assert model(x, torch.tensor([7, 5, 2])).shape == (7, 3, O)
+    reports = []
+    result = train_trial(cfg, callback=reports.append)
+    losses = [r.metrics["train/loss"] for r in reports]
+    assert result.status == "completed" and losses[-1] < 0.7 * losses[0], losses
+
+
 def test_same_seed_same_metrics_and_other_seed_differs():
     a = train_trial(small_trial("train.max_epochs=2", "seed=3", "train.input_noise=0.1"))
     b = train_trial(small_trial("train.max_epochs=2", "seed=3", "train.input_noise=0.1"))
