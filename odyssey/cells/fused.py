@@ -114,8 +114,8 @@ class FusedRecurrence(torch.autograd.Function):
         pres = PRE.unbind(0)
         pre_if = PRE[:, blocks["if"]].view(T, n_if, H, B).unbind(0) if n_if else None
         pre_g, pre_o = _steps(PRE, blocks["g"]), _steps(PRE, blocks["o"]) if lay.has_o else None
-        state = _steps(S, slice(None) if lay.fgr else rows["y"])
         ys, cs, zs, hcs = _steps(S, rows["y"]), _steps(C), _steps(Z), _steps(HC)
+        state = S.unbind(0) if lay.fgr else ys  # what each step's recurrent product reads
         gate = {g: _steps(S, rows[g]) for g in ("if", *lay.if_gates, "o") if g in rows}
         g_fn, h_fn = lay.g.fn, lay.h.fn
         has_i, has_f = "i" in lay.if_gates, "f" in lay.if_gates
@@ -173,7 +173,7 @@ class FusedRecurrence(torch.autograd.Function):
         if dY is not None:
             DS[:, :H] = dY.transpose(1, 2)
         d_states = DS.unbind(0)
-        dys = _steps(DS, rows["y"])
+        dys = _steps(DS, rows["y"]) if lay.fgr else d_states  # without FGR, DS holds y's rows only
         d_gate = {g: _steps(DS, rows[g]) for g in (*lay.if_gates, "o") if g in rows} if lay.fgr else {}
         dcs = dC.transpose(1, 2).unbind(0) if dC is not None else None
         cs, zs, hcs = _steps(C), _steps(Z), _steps(HC)
@@ -238,9 +238,9 @@ class FusedRecurrence(torch.autograd.Function):
         if peephole is not None:
             parts = []
             if n_if:
-                parts.append((dPRE[:, : n_if * H].view(T, n_if, H, B) * C[:-1, None]).sum((0, 3)))
+                parts.append((dPRE[:, blocks["if"]].view(T, n_if, H, B) * C[:-1, None]).sum((0, 3)))
             if lay.has_o:
-                parts.append((dPRE[:, -H:] * C[1:]).sum((0, 2))[None])
+                parts.append((dPRE[:, blocks["o"]] * C[1:]).sum((0, 2))[None])
             d_peep = torch.cat(parts)
         d_x = torch.bmm(dPRE.transpose(1, 2), w_ih.expand(T, *w_ih.shape)) if ctx.needs_input_grad[1] else None
         d_w_ih = d_pre @ x.reshape(T_B, -1)
