@@ -21,6 +21,7 @@ from odyssey.cells import VariantSpec, variant_from_mapping
 from odyssey.errors import ConfigError
 from odyssey.errors import require as _check
 from odyssey.tasks import TaskConfig, task_config_from_mapping
+from odyssey.tasks.base import LOSS_REDUCTIONS, LOSS_SUM_OVER_STEPS
 
 __all__ = [
     "ModelConfig",
@@ -64,6 +65,10 @@ class TrainConfig:
     clip_norm: float | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_batch_size: int = 64
+    # The training objective's scale (see odyssey.tasks.base): the paper's sum over each sequence's
+    # scored steps, averaged over the minibatch's sequences; or mean_over_steps.
+    loss_reduction: str = LOSS_SUM_OVER_STEPS
+    dtype: str = "float32"  # float32 | float64 (weights, activations, data)
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "train.lr", self.lr, "a float > 0")
@@ -78,6 +83,11 @@ class TrainConfig:
         )
         ok_device = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
         _check(ok_device, "train.device", self.device, "auto, cpu, cuda or cuda:N")
+        _check(
+            self.loss_reduction in LOSS_REDUCTIONS, "train.loss_reduction", self.loss_reduction,
+            f"one of {list(LOSS_REDUCTIONS)}",
+        )  # fmt: skip
+        _check(self.dtype in ("float32", "float64"), "train.dtype", self.dtype, "float32 or float64")
 
 
 @dataclass(frozen=True)

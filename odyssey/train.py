@@ -1,9 +1,23 @@
 """Train one trial: the paper's protocol as a readable loop.
 
-Protocol (Greff et al. 2017, Sec. 4): online SGD (one sequence per update) with Nesterov
-momentum, the step size scaled by (1 - momentum); Gaussian noise on the inputs during training;
-weights N(0, 0.1^2); at most 150 epochs; early stopping after 15 epochs without improvement of
-the validation metric; the test metric is the one at the best validation epoch.
+Protocol (Greff et al. 2017, Sec. 4, as in their library PyLSTM): online SGD (one sequence per
+update) with Nesterov momentum, the step size scaled by (1 - momentum); the objective is a
+sequence's loss summed over its scored steps, averaged over a minibatch's sequences
+(``train.loss_reduction``); fresh Gaussian noise on the inputs at every presentation; every
+weight (biases, peepholes and the output layer included) N(0, 0.1^2); at most 150 epochs; early
+stopping after 15 epochs without a strict improvement of the validation metric; the test metric
+is the one at the best validation epoch.
+
+Where it deviates from PyLSTM, on purpose: torch's Nesterov SGD keeps the look-ahead weights
+(theta + mu v), so validation sees those, not theta (the difference is one momentum step); the
+first epoch's validation is the first "best" (PyLSTM also logs the untrained network); the
+adding problem's MSE has no factor 1/2; ``clip_norm`` clips the gradient's norm, not each value.
+
+GPU hygiene, for a trial and a pack alike: the splits stay on the device
+(:class:`~odyssey.tasks.resident.ResidentSplit`), the input noise is drawn there from a
+counter-based stream (:mod:`odyssey.noise`, the same numbers on any device and in any batch),
+losses are summed on the device and divergence is checked once per epoch, and evaluation is
+batched with one host sync per split.
 
 This module knows nothing of Ray or MLflow: progress leaves through the ``callback`` argument,
 which receives one :class:`EpochReport` per epoch. A trial whose loss becomes NaN or infinite
@@ -22,9 +36,11 @@ import torch
 
 from odyssey.config import TrialConfig
 from odyssey.model import SequenceModel, build_model
-from odyssey.tasks import Sequence, Task, build_task, collate
+from odyssey.noise import gaussian_noise, stream_keys
+from odyssey.tasks import Task, build_task
+from odyssey.tasks.resident import ResidentSplit
 
-__all__ = ["EpochReport", "TrialResult", "device_label", "evaluate", "resolve_device", "train_trial"]
+__all__ = ["EpochReport", "TrialResult", "device_label", "evaluate", "input_noise", "resolve_device", "train_trial"]
 
 COMPLETED, DIVERGED = "completed", "diverged"
 
@@ -67,6 +83,14 @@ class TrialResult:
         return out
 
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def step_size(tr) -> float:
+    """The SGD step: the paper's ``lr * (1 - momentum)`` (PyLSTM's scaled Nesterov step), or ``lr``."""
+    return tr.lr * (1 - tr.momentum) if tr.scale_lr_by_momentum else tr.lr
+
+
 def device_label(device: torch.device) -> str:
     """``cpu``, or ``cuda:N (<GPU name>)``: recorded with each trial, so a study shows where it ran."""
     if device.type != "cuda":
@@ -85,43 +109,58 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: SequenceModel, task: Task, split: list[Sequence], batch_size: int, device) -> dict[str, float]:
-    """The task's metrics on a split, pooled over all its scored units (not averaged per batch)."""
+def evaluate(model: SequenceModel, task: Task, split: ResidentSplit, batch_size: int) -> dict[str, float]:
+    """The task's metrics on a split, pooled over all its scored units (not averaged per batch).
+
+    The sums stay on the device until the end: one host sync per evaluation, not per batch.
+    """
     model.eval()
-    sums: dict[str, list[float]] = {}
+    totals: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(split), batch_size):
-        batch = collate(split[start : start + batch_size]).to(device)
+        stop = min(start + batch_size, len(split))
+        batch = split.batch(split.index(start, stop), split.steps(torch.arange(start, stop)))
         outputs = model(batch.inputs, batch.lengths)  # (T, B, O)
-        for name, (total, count) in task.metric_sums(outputs, batch).items():
-            acc = sums.setdefault(name, [0.0, 0])
-            acc[0] += float(total)
-            acc[1] += int(count)
-    return {name: total / max(count, 1) for name, (total, count) in sums.items()}
+        for name, (total, count) in task.metric_totals(outputs, batch).items():
+            acc = totals.setdefault(name, [0, 0])
+            acc[0], acc[1] = acc[0] + total.double(), acc[1] + count
+    return {name: float(total) / max(int(count), 1) for name, (total, count) in totals.items()}
 
 
-def _train_epoch(model, task: Task, optimizer, cfg: TrialConfig, gen: torch.Generator, device) -> float:
-    """One pass over the shuffled training split; returns the mean loss (NaN if it diverged)."""
+def input_noise(data: ResidentSplit, batch, index: torch.Tensor, seed, epoch, std) -> torch.Tensor:
+    """The inputs of a training batch plus ``std`` times the batch's counter-based N(0, 1) noise.
+
+    ``index`` (..., B) are the batch's sequence numbers and ``seed``/``epoch``/``std`` broadcast
+    against its leading dims, so that one call serves a trial and a pack alike; padding gets none.
+    """
+    keys = stream_keys(seed, epoch, index)  # (..., B)
+    steps, features = batch.inputs.shape[-3], batch.inputs.shape[-1]
+    eps = gaussian_noise(keys, steps, features, dtype=batch.inputs.dtype)  # (..., T, B, I)
+    return torch.addcmul(batch.inputs, eps * batch.mask.unsqueeze(-1), std)
+
+
+def _train_epoch(model, task: Task, optimizer, cfg: TrialConfig, data: ResidentSplit, order: torch.Tensor, epoch: int):
+    """One pass over the training split in ``order`` (a CPU permutation).
+
+    Returns the mean loss over the epoch's updates as a device scalar: losses are summed on the
+    device, and divergence (a NaN or an infinite loss) is checked once per epoch by the caller.
+    """
     model.train()
-    train = task.splits["train"]
-    order = torch.randperm(len(train), generator=gen).tolist()
-    bs, noise, clip = cfg.train.batch_size, cfg.train.input_noise, cfg.train.clip_norm
-    total, batches = 0.0, 0
-    for start in range(0, len(order), bs):
-        batch = collate([train[k] for k in order[start : start + bs]]).to(device)
-        inputs = batch.inputs
-        if noise > 0:  # Gaussian input noise, training only
-            eps = torch.randn(inputs.shape, generator=gen, dtype=inputs.dtype).to(device)
-            inputs = inputs + noise * eps
-        loss = task.loss(model(inputs, batch.lengths), batch)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            return math.nan
+    tr = cfg.train
+    device_order = order.to(data.device)
+    std = torch.tensor(tr.input_noise, dtype=data.inputs.dtype, device=data.device)
+    total = torch.zeros((), dtype=torch.float64, device=data.device)
+    batches = 0
+    for start in range(0, len(order), tr.batch_size):
+        index = device_order[start : start + tr.batch_size]
+        batch = data.batch(index, data.steps(order[start : start + tr.batch_size]))
+        inputs = input_noise(data, batch, index, cfg.seed, epoch, std) if tr.input_noise > 0 else batch.inputs
+        loss = task.loss(model(inputs, batch.lengths), batch, tr.loss_reduction)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if tr.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tr.clip_norm)
         optimizer.step()
-        total += value
+        total += loss.detach()
         batches += 1
     return total / max(batches, 1)
 
@@ -146,13 +185,14 @@ def train_trial(
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.train.device)
     task = task or build_task(cfg.task)
-    model = build_model(cfg, task).to(device)
     tr = cfg.train
-    step = tr.lr * (1 - tr.momentum) if tr.scale_lr_by_momentum else tr.lr
+    dtype = DTYPES[tr.dtype]
+    model = build_model(cfg, task).to(device=device, dtype=dtype)  # initialised on the CPU: same weights anywhere
+    data = {name: ResidentSplit(task.splits[name], device, dtype) for name in ("train", "valid", "test")}
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=step, momentum=tr.momentum, nesterov=tr.nesterov and tr.momentum > 0
+        model.parameters(), lr=step_size(tr), momentum=tr.momentum, nesterov=tr.nesterov and tr.momentum > 0
     )
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # the data order; the noise is counter-based
     primary = task.primary_metric
     st = {"epoch": 0, "best": None, "best_epoch": 0, "stale": 0, "best_val": {}, "test": {}}
     if resume_from is not None:
@@ -173,8 +213,9 @@ def train_trial(
     status, reason = COMPLETED, "max_epochs"
     while st["epoch"] < tr.max_epochs:
         epoch = st["epoch"] + 1
-        train_loss = _train_epoch(model, task, optimizer, cfg, gen, device)
-        val = evaluate(model, task, task.splits["valid"], tr.eval_batch_size, device) if math.isfinite(train_loss) else {}
+        order = torch.randperm(len(data["train"]), generator=gen)
+        train_loss = float(_train_epoch(model, task, optimizer, cfg, data["train"], order, epoch))
+        val = evaluate(model, task, data["valid"], tr.eval_batch_size) if math.isfinite(train_loss) else {}
         if not math.isfinite(train_loss) or not math.isfinite(val.get(primary, math.nan)):
             status, reason = DIVERGED, "diverged"
             st["epoch"] = epoch
@@ -182,7 +223,7 @@ def train_trial(
         improved = st["best"] is None or task.better(val[primary], st["best"])
         if improved:
             st.update(best=val[primary], best_epoch=epoch, stale=0, best_val=val)
-            st["test"] = evaluate(model, task, task.splits["test"], tr.eval_batch_size, device)
+            st["test"] = evaluate(model, task, data["test"], tr.eval_batch_size)
         else:
             st["stale"] += 1
         st["epoch"] = epoch

@@ -72,6 +72,23 @@ def perfect_outputs(task: Task, batch) -> torch.Tensor:
     return 20.0 * (2 * batch.targets - 1)
 
 
+def reference_sequence_loss(name: str, outputs: torch.Tensor, seq) -> float:
+    """One sequence's training loss written out step by step: the sum over its scored steps."""
+    total = 0.0
+    for t in range(len(seq)):
+        if not seq.mask[t]:
+            continue
+        out, target = outputs[t].double(), seq.targets[t]
+        if name == "adding":
+            total += float((out[0] - target[0]) ** 2)
+        elif name.startswith("temporal_order"):
+            total += float(torch.logsumexp(out, 0) - out[int(target)])
+        else:  # independent Bernoulli outputs (jsb, reber): -[y log s(x) + (1-y) log(1 - s(x))]
+            y = target.double()
+            total += float((torch.log1p(torch.exp(-out.abs())) + out.clamp_min(0) - y * out).sum())
+    return total
+
+
 # --------------------------------------------------------------------------------------------
 # Contract: every registered task
 
@@ -133,6 +150,49 @@ class TestTaskContract:
         sums = task.metric_sums(outputs, batch)
         assert set(sums) == set(task.metric_names)
         assert all(count > 0 and math.isfinite(total) for total, count in sums.values())
+
+    def test_loss_is_each_sequences_sum_over_steps_averaged_over_sequences(self, name):
+        """The paper's objective (PyLSTM): per sequence the sum of its scored steps' losses (each
+        summed over output units), then the mean over the batch's sequences; padding is masked."""
+        task = small_task(name)
+        seqs = task.splits["train"][:4]
+        batch = collate(seqs)
+        gen = torch.Generator().manual_seed(0)
+        outputs = torch.randn(*batch.mask.shape, task.output_size, generator=gen, dtype=torch.float64)
+        outputs[~batch.mask] = 1e6  # garbage where nothing is scored: must not matter
+        batch64 = dataclasses.replace(batch, targets=batch.targets.double() if batch.targets.is_floating_point() else batch.targets)
+        sums = [reference_sequence_loss(name, outputs[: len(s), b], seqs[b]) for b, s in enumerate(seqs)]
+        steps = sum(int(s.mask.sum()) for s in seqs)
+        assert float(task.loss(outputs, batch64)) == pytest.approx(sum(sums) / len(seqs), rel=1e-12)
+        assert float(task.loss(outputs, batch64, "mean_over_steps")) == pytest.approx(sum(sums) / steps, rel=1e-12)
+        one = collate(seqs[:1])  # a batch of one sequence: exactly the sum of its steps' losses
+        one = dataclasses.replace(one, targets=batch64.targets[: len(seqs[0]), :1])
+        assert float(task.loss(outputs[: len(seqs[0]), :1], one)) == pytest.approx(sums[0], rel=1e-12)
+        if name in ("jsb", "reber"):  # per-step targets: the sum is ~L times the per-step mean (L >= 5 here)
+            assert sum(sums) / len(seqs) > 5 * sum(sums) / steps
+        with pytest.raises(ValueError, match="valid reductions: \\['sum_over_steps', 'mean_over_steps'\\]"):
+            task.loss(outputs, batch64, "mean")
+
+    def test_loss_and_metrics_keep_a_leading_member_axis(self, name):
+        """A pack evaluates M members at once: outputs (M, T, B, O) give losses and metric totals
+        of shape (M,), each equal to that member's alone; with batch tensors of their own (M, T, B)
+        or shared by all members (T, B)."""
+        task = small_task(name)
+        batch = collate(task.splits["valid"][:6])
+        gen = torch.Generator().manual_seed(1)
+        outputs = torch.randn(3, *batch.mask.shape, task.output_size, generator=gen)
+        losses = task.loss(outputs, batch)
+        assert losses.shape == (3,)
+        totals = task.metric_totals(outputs, batch)
+        for m in range(3):
+            assert float(losses[m]) == pytest.approx(float(task.loss(outputs[m], batch)), rel=1e-6)
+            for metric, (total, count) in task.metric_sums(outputs[m], batch).items():
+                assert float(totals[metric][0][m]) == pytest.approx(total, rel=1e-6)
+                assert int(totals[metric][1][m]) == count
+        stacked = dataclasses.replace(
+            batch, targets=batch.targets.expand(3, *batch.targets.shape), mask=batch.mask.expand(3, *batch.mask.shape)
+        )
+        assert torch.allclose(task.loss(outputs, stacked), losses)
 
     def test_perfect_outputs_score_best(self, name):
         if name == "jsb":

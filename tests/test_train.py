@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,7 @@ def test_same_seed_same_metrics_and_other_seed_differs():
 def test_online_sgd_is_the_default_protocol():
     cfg = small_trial()
     assert (cfg.train.batch_size, cfg.train.max_epochs, cfg.train.patience) == (1, 150, 15)
+    assert cfg.train.loss_reduction == "sum_over_steps"
     assert cfg.train.nesterov and cfg.train.scale_lr_by_momentum and cfg.model.init_std == 0.1
 
 
@@ -124,10 +126,12 @@ def test_resume_from_a_checkpoint_continues_exactly():
         ("variant=lstm2", "valid choices: cifg, fgr, lstm1997"),
         ("task=timit", "valid choices: adding, jsb"),
         ("train.learning_rate=1", "valid keys of 'train': batch_size"),
+        ("train.loss_reduction=mean", "train.loss_reduction='mean' is invalid: expected one of ['sum_over_steps', 'mean_over_steps']"),
+        ("train.dtype=float16", "train.dtype='float16' is invalid: expected float32 or float64"),
     ],
 )
 def test_bad_values_fail_with_one_clear_message(override, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         trial_config(compose("train", [override]))
 
 
@@ -164,6 +168,7 @@ def test_odyssey_train_records_a_run_in_mlflow(mlflow_server, tmp_path):
     (run,) = client.search_runs([exp.experiment_id])
     p, m, t = run.data.params, run.data.metrics, run.data.tags
     assert (p["hidden_size"], p["lr"], p["momentum"], p["input_noise"]) == ("8", "0.01", "0.9", "0.1")
+    assert p["train.loss_reduction"] == "sum_over_steps"  # the objective's scale is part of the record
     assert p["task.length"] == "12" and p["variant.coupled_input_forget"] == "True"
     assert t["odyssey.variant"] == "cifg" and t["odyssey.task"] == "adding"
     assert t["odyssey.status"] == "completed" and t["odyssey.seed"] == "1"
@@ -207,13 +212,21 @@ JSB_DIR = Path(os.environ.get("ODYSSEY_JSB_DIR") or Path(__file__).resolve().par
 
 @pytest.mark.skipif(not (JSB_DIR / "jsb-chorales-quarter.pkl").is_file(), reason=f"JSB Chorales not found in {JSB_DIR} (set ODYSSEY_JSB_DIR)")
 def test_paper_protocol_on_jsb_beats_the_independent_bernoulli_baseline():
-    # The README's reference: independent per-key Bernoulli fitted on train gives test NLL 11.06;
-    # LSTMs reach 8.4-8.7. Three epochs of online SGD (the paper's protocol) must already model
-    # some temporal structure: measured 9.9 at epoch 3 with these settings.
+    """The paper's loss scale (issue: sum over steps, as PyLSTM) makes its learning rates learn.
+
+    Reference points: the independent per-key Bernoulli fitted on train has NLL 11.06; LSTMs reach
+    8.4-8.7. Vanilla, H = 100, lr 1e-2, momentum 0.9, online SGD, no noise, seed 0, measured on
+    this machine: validation NLL 10.55, 9.44, 9.35 after epochs 1-3 (with the per-step mean
+    instead: 11.99, 11.63, 11.46, still worse than the baseline). The threshold 10.0 is 1.06 below
+    the baseline and 0.65 above the measured value.
+    """
     cfg = trial_config(
-        compose("train", ["task=jsb", f"task.data_dir={JSB_DIR}", "model.hidden_size=100", "train.lr=0.1", "train.momentum=0.9", "train.max_epochs=3"])
-    )
-    assert cfg.train.batch_size == 1
-    result = train_trial(cfg)
-    assert result.status == "completed"
-    assert result.test["nll"] < 10.8, result.test
+        compose("train", ["task=jsb", f"task.data_dir={JSB_DIR}", "model.hidden_size=100", "train.lr=1e-2",
+                          "train.momentum=0.9", "train.max_epochs=3", "seed=0"])
+    )  # fmt: skip
+    assert cfg.train.batch_size == 1 and cfg.train.loss_reduction == "sum_over_steps"
+    vals = []
+    result = train_trial(cfg, callback=lambda report: vals.append(report.metrics["val/nll"]))
+    assert result.status == "completed" and len(vals) == 3
+    assert vals[-1] < 10.0, vals
+    assert result.best_val["nll"] == min(vals) and result.test["nll"] < 10.3, (vals, result.test)

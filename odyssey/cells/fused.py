@@ -55,18 +55,37 @@ _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
 
 
 def _steps(buffer: torch.Tensor, rows: slice | None = None) -> tuple[torch.Tensor, ...]:
-    """Per-step views ``buffer[t][rows]``, made once (indexing inside the loop costs a Python call)."""
-    return (buffer if rows is None else buffer[:, rows]).unbind(0)
+    """Per-step views ``buffer[t][:, rows]`` (made once: indexing inside the loop costs a Python call)."""
+    return (buffer if rows is None else buffer[:, :, rows]).unbind(0)
 
 
 def _expanded_peepholes(lay: Layout, peephole: torch.Tensor | None, B: int):
-    """The peephole rows as contiguous ``(n_if, H, B)`` and ``(H, B)`` blocks (flat elementwise ops)."""
+    """The peephole rows as contiguous ``(M, n_if, H, B)`` and ``(M, H, B)`` blocks (flat elementwise ops)."""
     if not lay.peep:
         return None, None
-    n_if = lay.n_if
-    p_if = peephole[:n_if, :, None].expand(n_if, lay.H, B).contiguous() if n_if else None
-    p_o = peephole[n_if, :, None].expand(lay.H, B).contiguous() if lay.has_o else None
+    M, n_if = peephole.shape[0], lay.n_if
+    p_if = peephole[:, :n_if, :, None].expand(M, n_if, lay.H, B).contiguous() if n_if else None
+    p_o = peephole[:, n_if, :, None].expand(M, lay.H, B).contiguous() if lay.has_o else None
     return p_if, p_o
+
+
+def _input_projection(x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """PRE[t, m] = W_m x_{m,t} + b_m for all steps and members: (T, M, G*H, B), one batched GEMM.
+
+    ``x`` is (M, T, B, I); a stride-0 member axis (one batch shared by all members, as in a
+    pack's evaluation) becomes a single (M*G*H, I) @ (I, T*B) product.
+    """
+    M, T, B, I = x.shape
+    rows = w_ih.shape[1]
+    if M == 1:  # straight into the feature-major layout: no copy afterwards
+        return torch.baddbmm(bias[0, None, :, None], w_ih[0].expand(T, rows, I), x[0].transpose(1, 2)).unsqueeze(1)
+    if x.stride(0) == 0:
+        flat = torch.mm(w_ih.reshape(M * rows, I), x[0].reshape(T * B, I).t()).view(M, rows, T, B)
+    else:
+        flat = torch.bmm(w_ih, x.reshape(M, T * B, I).transpose(1, 2)).view(M, rows, T, B)
+    out = x.new_empty(T, M, rows, B)
+    torch.add(flat.permute(2, 0, 1, 3), bias[None, :, :, None], out=out)
+    return out
 
 
 def _gc_paused(fn):
@@ -90,42 +109,49 @@ def _gc_paused(fn):
 
 
 class FusedRecurrence(torch.autograd.Function):
-    """``(x (T, B, I), w_ih, bias, w_hh, peephole, w_gate) -> (Y, C)``, each (T, B, H), from a zero state."""
+    """``(x (M, T, B, I), w_ih (M, G*H, I), bias (M, G*H), w_hh (M, G*H, H), peephole (M, P, H),
+    w_gate (M, K*H, K*H)) -> (Y, C)``, each (M, T, B, H), from a zero state.
+
+    M independent layers (a trial pack's members, M = 1 for one layer) advance together: each
+    step is one batched product ``(M, G*H, S) @ (M, S, B)`` and one set of elementwise ops over
+    all members. Members share nothing, so each one's outputs and gradients are its own.
+    """
 
     @staticmethod
     @_gc_paused
     def forward(ctx, lay: Layout, x, w_ih, bias, w_hh, peephole, w_gate):
-        T, B, _ = x.shape
+        M, T, B, _ = x.shape
         H, n_if, rows, blocks = lay.H, lay.n_if, lay.state_rows, lay.pre_blocks
-        w_rec = recurrent_weight(lay, w_hh, w_gate)
-        # The input projections of all steps, as one batched product straight into the
-        # feature-major layout: PRE[t] = W x_t + b (G*H, B); each step then adds R y' in place.
-        PRE = torch.baddbmm(bias[None, :, None], w_ih.expand(T, *w_ih.shape), x.transpose(1, 2))
-        S = x.new_empty(T + 1, H + lay.K * H, B)
+        w_rec = recurrent_weight(lay, w_hh, w_gate)  # (M, G*H, S)
+        # The input projections of all steps, in the feature-major layout: PRE[t] = W x_t + b
+        # (M, G*H, B); each step then adds R y' in place.
+        PRE = _input_projection(x, w_ih, bias)
+        S = x.new_empty(T + 1, M, H + lay.K * H, B)
         S[0].zero_()
         # ZC[t] = [z_t; c_{t-1}]: the factors of the i and f gates in c = z*i + c'*f, side by side, so
         # the backward pass forms both gates' gradients with one op.
-        ZC = x.new_empty(T + 1, 2, H, B)
-        ZC[0, 1].zero_()
-        Z, C = ZC[:-1, 0], ZC[:, 1]
-        HC = x.new_empty(T, H, B) if lay.has_o else S[1:, :H]  # no output gate: y = h(c)
+        ZC = x.new_empty(T + 1, M, 2, H, B)
+        ZC[0, :, 1].zero_()
+        Z, C = ZC[:-1, :, 0], ZC[:, :, 1]
+        HC = x.new_empty(T, M, H, B) if lay.has_o else S[1:, :, :H]  # no output gate: y = h(c)
         p_if, p_o = _expanded_peepholes(lay, peephole, B)
 
         pres = PRE.unbind(0)
-        pre_if = PRE[:, blocks["if"]].view(T, n_if, H, B).unbind(0) if n_if else None
+        pre_if = PRE[:, :, blocks["if"]].view(T, M, n_if, H, B).unbind(0) if n_if else None
         pre_g, pre_o = _steps(PRE, blocks["g"]), _steps(PRE, blocks["o"]) if lay.has_o else None
         ys, cs, zs, hcs = _steps(S, rows["y"]), _steps(C), _steps(Z), _steps(HC)
+        cs_if = C.unsqueeze(2).unbind(0) if p_if is not None else None  # (M, 1, H, B): c' per i/f row
         state = S.unbind(0) if lay.fgr else ys  # what each step's recurrent product reads
         gate = {g: _steps(S, rows[g]) for g in ("if", *lay.if_gates, "o") if g in rows}
         g_fn, h_fn = lay.g.fn, lay.h.fn
         has_i, has_f = "i" in lay.if_gates, "f" in lay.if_gates
         for t in range(T):
-            pres[t].addmm_(w_rec, state[t])  # + R y' (FGR: + Rg s'), in place
+            pres[t].baddbmm_(w_rec, state[t])  # + R y' (FGR: + Rg s'), in place
             c_prev, c, z = cs[t], cs[t + 1], zs[t]
             if n_if:
                 if p_if is not None:
-                    pre_if[t].addcmul_(p_if, c_prev)
-                torch.sigmoid(pre_if[t].view(n_if * H, B), out=gate["if"][t + 1])
+                    pre_if[t].addcmul_(p_if, cs_if[t])
+                torch.sigmoid(pre_if[t].view(M, n_if * H, B), out=gate["if"][t + 1])
             i = gate["i"][t + 1] if has_i else None
             f = gate["f"][t + 1] if has_f else None
             g_fn(pre_g[t], out=z)
@@ -147,7 +173,7 @@ class FusedRecurrence(torch.autograd.Function):
         ctx.lay = lay
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, w_ih, w_hh, peephole, w_gate, S, ZC, HC)
-        return S[1:, :H].transpose(1, 2), C[1:].transpose(1, 2)
+        return S[1:, :, :H].permute(1, 0, 3, 2), C[1:].permute(1, 0, 3, 2)
 
     @staticmethod
     @once_differentiable
@@ -155,27 +181,27 @@ class FusedRecurrence(torch.autograd.Function):
     def backward(ctx, dY, dC):
         lay: Layout = ctx.lay
         x, w_ih, w_hh, peephole, w_gate, S, ZC, HC = ctx.saved_tensors
-        Z, C = ZC[:-1, 0], ZC[:, 1]
-        T, H, B = Z.shape
+        Z, C = ZC[:-1, :, 0], ZC[:, :, 1]
+        T, M, H, B = Z.shape
         n_if, rows, blocks = lay.n_if, lay.state_rows, lay.pre_blocks
         w_rec = recurrent_weight(lay, w_hh, w_gate)
-        w_rec_t = w_rec.t().contiguous()  # a transposed view would make each step's product 1.7x slower
-        dPRE = Z.new_empty(T, w_rec.shape[0], B)  # gradient of the pre-activations (G*H, B) per step
+        w_rec_t = w_rec.transpose(1, 2).contiguous()  # a transposed view would make each step's product 1.7x slower
+        dPRE = Z.new_empty(T, M, w_rec.shape[1], B)  # gradient of the pre-activations (M, G*H, B) per step
         p_if, p_o = _expanded_peepholes(lay, peephole, B)
-        p_if_rows = p_if.unbind(0) if p_if is not None else ()
+        p_if_rows = p_if.unbind(1) if p_if is not None else ()
 
         dpres = dPRE.unbind(0)
-        dpre_if = dPRE[:, blocks["if"]].view(T, n_if, H, B).unbind(0) if n_if else None
+        dpre_if = dPRE[:, :, blocks["if"]].view(T, M, n_if, H, B).unbind(0) if n_if else None
         dpre_g, dpre_o = _steps(dPRE, blocks["g"]), _steps(dPRE, blocks["o"]) if lay.has_o else None
         # DS[t] = the gradient reaching the state S[t+1] (y_t, and with FGR the gate activations):
         # dY's share, copied in here, plus R^T dpre from step t+1, added in place in the loop.
-        DS = Z.new_zeros(T, w_rec.shape[1], B)
+        DS = Z.new_zeros(T, M, w_rec.shape[2], B)
         if dY is not None:
-            DS[:, :H] = dY.transpose(1, 2)
+            DS[:, :, :H] = dY.permute(1, 0, 3, 2)
         d_states = DS.unbind(0)
         dys = _steps(DS, rows["y"]) if lay.fgr else d_states  # without FGR, DS holds y's rows only
         d_gate = {g: _steps(DS, rows[g]) for g in (*lay.if_gates, "o") if g in rows} if lay.fgr else {}
-        dcs = dC.transpose(1, 2).unbind(0) if dC is not None else None
+        dcs = dC.permute(1, 0, 3, 2).unbind(0) if dC is not None else None
         cs, zs, hcs = _steps(C), _steps(Z), _steps(HC)
         gate = {g: _steps(S, rows[g]) for g in ("if", *lay.if_gates, "o") if g in rows}
         both_if = lay.if_gates == ("i", "f") and not lay.coupled  # d[i, f] = dc * [z, c'] in one op
@@ -191,7 +217,7 @@ class FusedRecurrence(torch.autograd.Function):
         dc_next = None  # gradient reaching c_t from step t+1
         for t in range(T - 1, -1, -1):
             if t < T - 1:
-                d_states[t].addmm_(w_rec_t, dpres[t + 1])
+                d_states[t].baddbmm_(w_rec_t, dpres[t + 1])
             dy = dys[t]
             c_prev, z, hc = cs[t], zs[t], hcs[t]
             if lay.has_o:
@@ -201,7 +227,7 @@ class FusedRecurrence(torch.autograd.Function):
                 if p_o is not None:
                     dc.addcmul_(dpre_o[t], p_o)
             else:
-                dc = h_bwd(dy, hc)
+                dc = h_bwd(dy, hc)  # (identity h: dy itself; DS[t] is not read again)
             if dc_next is not None:
                 dc += dc_next
             if dcs is not None:
@@ -210,12 +236,13 @@ class FusedRecurrence(torch.autograd.Function):
             g_bwd(dc * i if i is not None else dc, z, out=dpre_g[t])
             d_if = dpre_if[t] if n_if else None
             if both_if:
-                d_act = dc * zcs[t] if d_gate_if is None else torch.addcmul(d_gate_if[t].view(2, H, B), dc, zcs[t])
-                _sigmoid_backward(d_act, gate["if"][t + 1].view(2, H, B), grad_input=d_if)
+                dc2 = dc.unsqueeze(1)  # (M, 1, H, B) against [z; c'] (M, 2, H, B)
+                d_act = dc2 * zcs[t] if d_gate_if is None else torch.addcmul(d_gate_if[t].view(M, 2, H, B), dc2, zcs[t])
+                _sigmoid_backward(d_act, gate["if"][t + 1].view(M, 2, H, B), grad_input=d_if)
             elif n_if:
                 for k, name in enumerate(lay.if_gates):
                     d_act = act_grad(name, t, dc, (z - c_prev if lay.coupled else z) if name == "i" else c_prev)
-                    _sigmoid_backward(d_act, gate[name][t + 1], grad_input=d_if[k])
+                    _sigmoid_backward(d_act, gate[name][t + 1], grad_input=d_if[:, k])
             # What c_{t-1} receives: through c = ... + c' f, and through the i/f peepholes.
             if lay.coupled:
                 dc_next = torch.addcmul(dc, dc, i, value=-1.0)  # dc * (1 - i)
@@ -224,24 +251,26 @@ class FusedRecurrence(torch.autograd.Function):
             else:
                 dc_next = dc
             for k, p in enumerate(p_if_rows):
-                dc_next = torch.addcmul(dc_next, d_if[k], p)
-        # Gradients of the weights and the input: sums over all steps, as large products over
-        # dPRE laid out (G*H, T*B) once.
+                dc_next = torch.addcmul(dc_next, d_if[:, k], p)
+        # Gradients of the weights and the input: sums over all steps, as large batched products
+        # over dPRE laid out (M, G*H, T*B) once.
         T_B = T * B
-        d_pre = dPRE.permute(1, 0, 2).reshape(-1, T_B)  # (G*H, T*B)
-        states = (S[:-1] if lay.fgr else S[:-1, :H]).permute(1, 0, 2).reshape(-1, T_B)  # (H [+ K*H], T*B)
-        d_w_hh, d_w_gate = d_pre @ states[:H].t(), None
+        d_pre = dPRE.permute(1, 2, 0, 3).reshape(M, -1, T_B)  # (M, G*H, T*B)
+        states = (S[:-1] if lay.fgr else S[:-1, :, :H]).permute(1, 2, 0, 3).reshape(M, -1, T_B)  # (M, S, T*B)
+        d_w_hh, d_w_gate = torch.bmm(d_pre, states[:, :H].transpose(1, 2)), None
         if lay.fgr:  # Rg maps the gate activations into the gate rows only (not the g rows)
-            gate_rows = [d_pre[blocks["if"]], d_pre[blocks["o"]]] if lay.has_o else [d_pre[blocks["if"]]]
-            d_w_gate = torch.cat([d @ states[H:].t() for d in gate_rows if d.shape[0]])
+            gate_rows = [d_pre[:, blocks["if"]], d_pre[:, blocks["o"]]] if lay.has_o else [d_pre[:, blocks["if"]]]
+            d_w_gate = torch.cat([torch.bmm(d, states[:, H:].transpose(1, 2)) for d in gate_rows if d.shape[1]], dim=1)
         d_peep = None
         if peephole is not None:
             parts = []
             if n_if:
-                parts.append((dPRE[:, blocks["if"]].view(T, n_if, H, B) * C[:-1, None]).sum((0, 3)))
+                parts.append((dPRE[:, :, blocks["if"]].view(T, M, n_if, H, B) * C[:-1, :, None]).sum((0, 4)))
             if lay.has_o:
-                parts.append((dPRE[:, blocks["o"]] * C[1:]).sum((0, 2))[None])
-            d_peep = torch.cat(parts)
-        d_x = torch.bmm(dPRE.transpose(1, 2), w_ih.expand(T, *w_ih.shape)) if ctx.needs_input_grad[1] else None
-        d_w_ih = d_pre @ x.reshape(T_B, -1)
-        return None, d_x, d_w_ih, d_pre.sum(1), d_w_hh, d_peep, d_w_gate
+                parts.append((dPRE[:, :, blocks["o"]] * C[1:]).sum((0, 3))[:, None])
+            d_peep = torch.cat(parts, dim=1)
+        d_x = None
+        if ctx.needs_input_grad[1]:
+            d_x = torch.bmm(d_pre.transpose(1, 2), w_ih).view(M, T, B, -1)
+        d_w_ih = torch.bmm(d_pre, x.reshape(M, T_B, -1))
+        return None, d_x, d_w_ih, d_pre.sum(2), d_w_hh, d_peep, d_w_gate

@@ -99,8 +99,10 @@ class VariantLSTM(nn.Module):
     def _direction(self, x: torch.Tensor, sfx: str) -> tuple[torch.Tensor, torch.Tensor]:
         w_ih, bias, w_hh = (getattr(self, name + sfx) for name in ("weight_ih", "bias", "weight_hh"))
         peephole, w_gate = getattr(self, "peephole" + sfx, None), getattr(self, "weight_gate_hh" + sfx, None)
-        if self.fused:
-            return FusedRecurrence.apply(self.layout, x, w_ih, bias, w_hh, peephole, w_gate)
+        if self.fused:  # a pack of one: every weight gets a member axis of size 1
+            one = lambda t: None if t is None else t.unsqueeze(0)  # noqa: E731
+            Y, C = FusedRecurrence.apply(self.layout, x.unsqueeze(0), *map(one, (w_ih, bias, w_hh, peephole, w_gate)))
+            return Y[0], C[0]
         T, B, _ = x.shape
         # The input projection of all steps at once: (T*B, I) @ (I, G*H).
         xw = torch.addmm(bias, x.reshape(T * B, -1), w_ih.t()).view(T, B, -1)

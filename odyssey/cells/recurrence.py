@@ -80,12 +80,12 @@ class Layout:
 
 def recurrent_weight(lay: Layout, w_hh: torch.Tensor, w_gate: torch.Tensor | None) -> torch.Tensor:
     """The matrix applied to the recurrent state: R (G*H, H), or for FGR [R | Rg'] (G*H, H + K*H)
-    where Rg' has Rg's rows in the gate rows and zeros in the g rows."""
+    where Rg' has Rg's rows in the gate rows and zeros in the g rows. Leading (member) dims pass."""
     if not lay.fgr:
         return w_hh
     split = lay.n_if * lay.H
-    g_zeros = w_gate.new_zeros(lay.H, w_gate.shape[1])
-    return torch.cat([w_hh, torch.cat([w_gate[:split], g_zeros, w_gate[split:]])], dim=1)
+    g_zeros = w_gate.new_zeros(*w_gate.shape[:-2], lay.H, w_gate.shape[-1])
+    return torch.cat([w_hh, torch.cat([w_gate[..., :split, :], g_zeros, w_gate[..., split:, :]], dim=-2)], dim=-1)
 
 
 def forward_loop(lay: Layout, xw, w_hh, peephole, w_gate):

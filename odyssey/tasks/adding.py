@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from odyssey.tasks import TaskConfig, register
-from odyssey.tasks.base import SPLITS, Batch, Sequence, Task, check_bool, check_choice, check_int, split_rng
+from odyssey.tasks.base import SPLITS, Batch, Sequence, Task, check_bool, check_choice, check_int, masked, scored_count, split_rng
 
 __all__ = ["ACCURACY_TOLERANCE", "AddingConfig", "AddingTask"]
 
@@ -106,16 +106,14 @@ class AddingTask(Task):
     worst_values: ClassVar[dict[str, float]] = {"accuracy": 0.0}
 
     def _errors(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Prediction errors on the scored steps, flattened: (N,)."""
-        return (outputs[..., 0] - batch.targets[..., 0])[batch.mask]  # (T, B) -> (N,)
+        """Prediction errors of every step: (..., T, B), 0 on unscored steps."""
+        return masked(outputs[..., 0] - batch.targets[..., 0], batch.mask)
 
-    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self._errors(outputs, batch).pow(2).mean()
+    def step_losses(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return self._errors(outputs, batch).pow(2)
 
-    def metric_sums(self, outputs: torch.Tensor, batch: Batch) -> dict[str, tuple[float, int]]:
+    def metric_totals(self, outputs: torch.Tensor, batch: Batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         err = self._errors(outputs.detach(), batch)
-        n = int(err.numel())
-        return {
-            "mse": (float(err.pow(2).sum()), n),
-            "accuracy": (float((err.abs() < ACCURACY_TOLERANCE).sum()), n),
-        }
+        n = scored_count(batch.mask, err)
+        hits = (err.abs() < ACCURACY_TOLERANCE) & batch.mask
+        return {"mse": (err.pow(2).sum(dim=(-2, -1)), n), "accuracy": (hits.sum(dim=(-2, -1)), n)}

@@ -4,6 +4,16 @@ A task turns its config into three splits (``train``, ``valid``, ``test``) of
 :class:`Sequence` examples. The trainer batches them with :func:`collate` into time-major,
 zero-padded :class:`Batch` tensors, runs the model to get ``outputs`` of shape (T, B, O) and asks
 the task for the loss to minimise and for metric sums that it pools over a whole split.
+
+The training objective follows the paper's library (PyLSTM's error functions): a sequence's loss
+is the **sum** of its per-step losses over its scored steps (each summed over the output units),
+and a minibatch's loss is the **mean over its sequences** (``LOSS_SUM_OVER_STEPS``, the default).
+``LOSS_MEAN_OVER_STEPS`` divides by the number of scored steps instead (a gradient about T times
+smaller for per-step targets). Tasks with one target per sequence (adding, temporal order) give
+the same loss either way.
+
+Every tensor method accepts extra leading dimensions (a trial pack's member axis): outputs
+(..., T, B, O) with batch tensors (..., T, B, ...) or (T, B, ...) shared by all members.
 """
 
 from __future__ import annotations
@@ -19,6 +29,9 @@ import torch
 from odyssey.errors import ConfigError
 
 __all__ = [
+    "LOSS_MEAN_OVER_STEPS",
+    "LOSS_REDUCTIONS",
+    "LOSS_SUM_OVER_STEPS",
     "SPLITS",
     "Batch",
     "Sequence",
@@ -28,10 +41,16 @@ __all__ = [
     "check_float",
     "check_int",
     "collate",
+    "masked",
+    "scored_count",
     "split_rng",
 ]
 
 SPLITS = ("train", "valid", "test")
+
+LOSS_SUM_OVER_STEPS = "sum_over_steps"  # the paper's (PyLSTM): sum over steps, mean over sequences
+LOSS_MEAN_OVER_STEPS = "mean_over_steps"  # mean over all scored steps of the batch
+LOSS_REDUCTIONS = (LOSS_SUM_OVER_STEPS, LOSS_MEAN_OVER_STEPS)
 
 
 @dataclass(frozen=True)
@@ -94,10 +113,11 @@ def collate(sequences: list[Sequence]) -> Batch:
 class Task(ABC):
     """A benchmark: splits, output size, loss and metrics.
 
-    Subclasses set the class attributes and implement :meth:`loss` and :meth:`metric_sums`.
-    ``metric_sums`` returns, per metric name, a (sum, count) pair for one batch; the trainer adds
-    them up over a split and divides, so a metric is pooled over the split, not averaged over
-    batches (e.g. JSB NLL is the sum over all predicted steps divided by their number).
+    Subclasses set the class attributes and implement :meth:`step_losses` (the training loss of
+    every step) and :meth:`metric_totals`, which returns, per metric name, a (sum, count) pair of
+    tensors for one batch; the trainer adds them up over a split and divides, so a metric is
+    pooled over the split, not averaged over batches (e.g. JSB NLL is the sum over all predicted
+    steps divided by their number). Both keep any leading dimensions of ``outputs``.
     """
 
     name: str
@@ -116,12 +136,32 @@ class Task(ABC):
         self.splits = splits
 
     @abstractmethod
-    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Scalar training loss for a batch of model outputs (T, B, O)."""
+    def step_losses(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The training loss of each step, summed over output units: (..., T, B), 0 where unscored."""
 
     @abstractmethod
+    def metric_totals(self, outputs: torch.Tensor, batch: Batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per metric, the (sum, count) of this batch's contribution, as tensors of shape (...)."""
+
+    def loss(self, outputs: torch.Tensor, batch: Batch, reduction: str = LOSS_SUM_OVER_STEPS) -> torch.Tensor:
+        """The training loss of a batch of outputs (..., T, B, O): shape (...), a scalar for one model.
+
+        ``sum_over_steps`` (the paper's): sum over each sequence's scored steps, mean over the
+        batch's sequences (those with at least one scored step; padding columns have none).
+        ``mean_over_steps``: the sum over all scored steps divided by their number.
+        """
+        per_step = self.step_losses(outputs, batch)  # (..., T, B)
+        scored = batch.mask
+        if reduction == LOSS_SUM_OVER_STEPS:
+            sequences = scored.any(dim=-2).sum(dim=-1).clamp_min(1)  # (...,)
+            return per_step.sum(dim=(-2, -1)) / sequences
+        if reduction == LOSS_MEAN_OVER_STEPS:
+            return per_step.sum(dim=(-2, -1)) / scored.sum(dim=(-2, -1)).clamp_min(1)
+        raise ValueError(f"unknown loss reduction {reduction!r}; valid reductions: {list(LOSS_REDUCTIONS)}")
+
     def metric_sums(self, outputs: torch.Tensor, batch: Batch) -> dict[str, tuple[float, int]]:
-        """Per metric, the (sum, count) of this batch's contribution."""
+        """:meth:`metric_totals` of one model's outputs (T, B, O) as plain numbers."""
+        return {k: (float(total), int(count)) for k, (total, count) in self.metric_totals(outputs, batch).items()}
 
     def better(self, a: float, b: float) -> bool:
         """Whether primary-metric value ``a`` is strictly better than ``b``."""
@@ -144,6 +184,16 @@ class Task(ABC):
             else:
                 raise NotImplementedError(f"task {self.name!r} defines no worst value for metric {m!r}")
         return worst
+
+
+def masked(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values`` where ``mask`` (broadcast over leading dims), exact 0 elsewhere (NaN-safe)."""
+    return torch.where(mask, values, values.new_zeros(()))
+
+
+def scored_count(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The number of scored steps, with ``like``'s leading dims: shape ``like.shape[:-2]``."""
+    return mask.expand(like.shape).sum(dim=(-2, -1))
 
 
 def split_rng(seed: int, split: str) -> np.random.Generator:

@@ -5,7 +5,8 @@ per quarter note. Each chorale becomes an (L, 88) binary piano roll, column = MI
 Next-step prediction: the inputs are roll steps 0..L-2, the targets steps 1..L-1 (L - 1
 predicted steps per chorale, all scored).
 
-Loss: binary cross-entropy with logits summed over the 88 keys, mean over predicted steps.
+Loss: binary cross-entropy with logits summed over the 88 keys and over a chorale's predicted
+steps (the paper's objective; ``train.loss_reduction=mean_over_steps`` divides by the steps).
 Metric ``nll`` (primary, lower is better): negative log-likelihood per time step (sum over keys),
 pooled over all predicted steps of a split. Worst value 88 * ln 2 = 61.0, the NLL of predicting
 0.5 for every key: any model that learned anything does better.
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 
 from odyssey.errors import DataError
 from odyssey.tasks import TaskConfig, register
-from odyssey.tasks.base import SPLITS, Batch, Sequence, Task, check_bool, check_choice
+from odyssey.tasks.base import SPLITS, Batch, Sequence, Task, check_bool, check_choice, masked, scored_count
 
 __all__ = [
     "FILES",
@@ -130,17 +131,17 @@ class JSBTask(Task):
 
     @staticmethod
     def _step_nll(outputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """NLL of each scored step, summed over keys: (N,)."""
-        bce = F.binary_cross_entropy_with_logits(outputs, targets, reduction="none")  # (T, B, 88)
-        return bce.sum(dim=-1)[mask]
+        """NLL of each step, summed over keys: (..., T, B), 0 on unscored steps."""
+        bce = F.binary_cross_entropy_with_logits(outputs, targets.expand_as(outputs), reduction="none")
+        return masked(bce.sum(dim=-1), mask)  # (..., T, B, 88) -> (..., T, B)
 
-    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self._step_nll(outputs, batch.targets, batch.mask).mean()
+    def step_losses(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return self._step_nll(outputs, batch.targets, batch.mask)
 
-    def metric_sums(self, outputs: torch.Tensor, batch: Batch) -> dict[str, tuple[float, int]]:
+    def metric_totals(self, outputs: torch.Tensor, batch: Batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         # float64: the split-wide sum runs over ~5000 steps
         nll = self._step_nll(outputs.detach().double(), batch.targets.double(), batch.mask)
-        return {"nll": (float(nll.sum()), int(nll.numel()))}
+        return {"nll": (nll.sum(dim=(-2, -1)), scored_count(batch.mask, nll))}
 
 
 # --------------------------------------------------------------------------------------------

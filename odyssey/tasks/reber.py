@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from odyssey.errors import ConfigError
 from odyssey.tasks import TaskConfig, register
-from odyssey.tasks.base import SPLITS, Batch, Sequence, Task, check_choice, check_int, split_rng
+from odyssey.tasks.base import SPLITS, Batch, Sequence, Task, check_choice, check_int, masked, split_rng
 
 __all__ = [
     "MIN_EMBEDDED_LENGTH",
@@ -172,16 +172,16 @@ class ReberTask(Task):
     lower_is_better: ClassVar[bool] = False
     worst_value: ClassVar[float] = 0.0
 
-    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
-        bce = F.binary_cross_entropy_with_logits(outputs, batch.targets, reduction="none").sum(-1)  # (T, B)
-        return bce[batch.mask].mean()
+    def step_losses(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        bce = F.binary_cross_entropy_with_logits(outputs, batch.targets.expand_as(outputs), reduction="none")
+        return masked(bce.sum(-1), batch.mask)  # (..., T, B)
 
-    def metric_sums(self, outputs: torch.Tensor, batch: Batch) -> dict[str, tuple[float, int]]:
+    def metric_totals(self, outputs: torch.Tensor, batch: Batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         outputs = outputs.detach()
-        legal = batch.targets > 0.5  # (T, B, 7)
-        lowest_legal = torch.where(legal, outputs, torch.inf).amin(dim=-1)  # (T, B)
-        highest_illegal = torch.where(legal, -torch.inf, outputs).amax(dim=-1)  # (T, B)
+        legal = batch.targets > 0.5  # (..., T, B, 7)
+        lowest_legal = torch.where(legal, outputs, torch.inf).amin(dim=-1)  # (..., T, B)
+        highest_illegal = torch.where(legal, -torch.inf, outputs).amax(dim=-1)  # (..., T, B)
         step_ok = (lowest_legal > highest_illegal) | ~batch.mask  # unscored steps cannot fail
-        scored = batch.mask.any(dim=0)  # (B,)
-        correct = step_ok.all(dim=0) & scored
-        return {"accuracy": (float(correct.sum()), int(scored.sum()))}
+        scored = batch.mask.any(dim=-2)  # (..., B)
+        correct = step_ok.all(dim=-2) & scored
+        return {"accuracy": (correct.sum(dim=-1), scored.expand_as(correct).sum(dim=-1))}

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from odyssey.errors import ConfigError
 from odyssey.tasks import TaskConfig, register
-from odyssey.tasks.base import SPLITS, Batch, Sequence, Task, check_choice, check_int, split_rng
+from odyssey.tasks.base import SPLITS, Batch, Sequence, Task, check_choice, check_int, masked, scored_count, split_rng
 
 __all__ = ["SYMBOLS", "WINDOWS", "TemporalOrderConfig", "TemporalOrderTask", "relevant_windows"]
 
@@ -118,10 +118,11 @@ class TemporalOrderTask(Task):
         self.output_size = 2**num_relevant
         super().__init__(splits)
 
-    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return F.cross_entropy(outputs[batch.mask], batch.targets[batch.mask])  # (N, C), (N,)
+    def step_losses(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        targets = batch.targets.expand(outputs.shape[:-1])  # (..., T, B) class indices
+        nll = -F.log_softmax(outputs, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return masked(nll, batch.mask)  # cross-entropy at the scored (last) step
 
-    def metric_sums(self, outputs: torch.Tensor, batch: Batch) -> dict[str, tuple[float, int]]:
-        predicted = outputs.detach()[batch.mask].argmax(dim=-1)  # (N,)
-        correct = predicted == batch.targets[batch.mask]
-        return {"accuracy": (float(correct.sum()), int(correct.numel()))}
+    def metric_totals(self, outputs: torch.Tensor, batch: Batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        correct = (outputs.detach().argmax(dim=-1) == batch.targets) & batch.mask  # (..., T, B)
+        return {"accuracy": (correct.sum(dim=(-2, -1)), scored_count(batch.mask, correct))}
