@@ -1,0 +1,184 @@
+"""The packed model: M members' :class:`~odyssey.model.SequenceModel` weights stacked on a leading
+member axis, padded to the largest hidden size, run as one model.
+
+Stacking (HFTA's horizontal fusion, FlashRNN's many small LSTMs in one kernel): every parameter of
+a member's ``SequenceModel`` (same variant, task, layers and direction; any hidden size H_m)
+becomes one slice of a tensor ``(M, *shape with H_max)``. Each time step is then one batched
+product for all members (:class:`~odyssey.cells.fused.FusedRecurrence` with M > 1), and the input
+projection of all members and steps one batched GEMM.
+
+Exact masking of different hidden sizes: a member's padded units (j >= H_m) have all-zero
+weights in every row and column, so their pre-activations are exactly 0, hence z = g(0) = 0 for
+every block activation (tanh, identity, 4 sigma - 2), c = 0 and y = h(0) * o = 0 exactly. They
+feed nothing forward (their columns are zero) and receive no gradient except through FGR's
+gate-activation columns (sigma(0) = 1/2 != 0): :meth:`PackedSequenceModel.mask_gradients` zeroes
+every padded entry of every gradient, so padded weights stay exactly zero through training and a
+member computes the same function as alone. Shapes per member follow ``odyssey/cells/layer.py``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import torch
+
+from odyssey.cells import VariantSpec
+from odyssey.cells.fused import FusedRecurrence
+from odyssey.cells.layer import _reverse_index
+from odyssey.cells.recurrence import Layout
+
+__all__ = ["PackedSequenceModel", "param_dims"]
+
+_LAYER_KEY = re.compile(r"layers\.(\d+)\.(weight_ih|weight_hh|bias|peephole|weight_gate_hh)(_reverse)?$")
+
+
+def param_dims(key: str, spec: VariantSpec, *, input_size: int, output_size: int, directions: int) -> list[tuple[int, bool]]:
+    """Each dimension of parameter ``key`` as ``(blocks, per_hidden)``: ``per_hidden`` dims are
+    ``blocks`` row blocks of H units (padded per block); the others have ``blocks`` entries."""
+    G, P, K = len(spec.blocks), len(spec.peephole_gates), len(spec.gates)
+    if key == "head.weight":
+        return [(output_size, False), (directions, True)]
+    if key == "head.bias":
+        return [(output_size, False)]
+    match = _LAYER_KEY.match(key)
+    if match is None:
+        raise ValueError(f"unknown parameter {key!r} of a SequenceModel")
+    layer, name = int(match.group(1)), match.group(2)
+    inputs = (input_size, False) if layer == 0 else (directions, True)
+    return {
+        "weight_ih": [(G, True), inputs],
+        "weight_hh": [(G, True), (1, True)],
+        "bias": [(G, True)],
+        "peephole": [(P, False), (1, True)],
+        "weight_gate_hh": [(K, True), (K, True)],
+    }[name]
+
+
+def _blocked(dims: list[tuple[int, bool]], hidden: int) -> list[int]:
+    return [n for blocks, per_hidden in dims for n in ((blocks, hidden) if per_hidden else (blocks,))]
+
+
+def _hidden_slices(dims: list[tuple[int, bool]], hidden: int) -> tuple[slice, ...]:
+    return tuple(s for _, per_hidden in dims for s in ((slice(None), slice(0, hidden)) if per_hidden else (slice(None),)))
+
+
+def pad(t: torch.Tensor, dims: list[tuple[int, bool]], hidden: int, padded: int) -> torch.Tensor:
+    """A member's tensor with H = ``hidden`` inside zeros of H = ``padded`` (each row block padded)."""
+    if hidden == padded:
+        return t
+    out = t.new_zeros(_blocked(dims, padded))
+    out[_hidden_slices(dims, hidden)] = t.reshape(_blocked(dims, hidden))
+    return out.reshape([b * padded if h else b for b, h in dims])
+
+
+def unpad(t: torch.Tensor, dims: list[tuple[int, bool]], hidden: int, padded: int) -> torch.Tensor:
+    """The inverse of :func:`pad`: a member's own tensor (a copy) from its padded slice."""
+    blocked = t.reshape(_blocked(dims, padded))[_hidden_slices(dims, hidden)]
+    return blocked.reshape([b * hidden if h else b for b, h in dims]).clone()
+
+
+class PackedSequenceModel:
+    """M members of one variant/task/shape family as one model.
+
+    Args:
+        spec, input_size, output_size, num_layers, bidirectional: shared by every member.
+        hidden_sizes: H_m of each member.
+        states: each member's ``SequenceModel.state_dict()`` (their own shapes).
+        device, dtype: where the stacked weights live.
+
+    ``params[key]`` is (M, *shape at H_max), a leaf tensor with ``requires_grad``; ``keys`` keeps
+    the members' state-dict order (which is also their ``parameters()`` order).
+    """
+
+    def __init__(
+        self,
+        spec: VariantSpec,
+        input_size: int,
+        output_size: int,
+        *,
+        num_layers: int,
+        bidirectional: bool,
+        hidden_sizes: Sequence[int],
+        states: Sequence[dict[str, torch.Tensor]],
+        device: torch.device | str,
+        dtype: torch.dtype,
+    ):
+        if len(states) != len(hidden_sizes) or not states:
+            raise ValueError("a pack needs one state dict per hidden size, and at least one member")
+        self.spec, self.input_size, self.output_size = spec, input_size, output_size
+        self.num_layers, self.bidirectional = num_layers, bidirectional
+        self.directions = 2 if bidirectional else 1
+        self.hidden_sizes = list(hidden_sizes)
+        self.H = max(self.hidden_sizes)
+        self.layout = Layout.of(spec, self.H)
+        self.keys = list(states[0])
+        self.dims = {k: self._dims(k) for k in self.keys}
+        self.params = {k: self.stack([s[k] for s in states], k, device=device, dtype=dtype).requires_grad_() for k in self.keys}
+        self.masks = None
+        if len(set(self.hidden_sizes)) > 1:  # padded entries exist: their gradients are zeroed
+            ones = [{k: torch.ones_like(s[k], dtype=torch.bool) for k in self.keys} for s in states]
+            self.masks = {k: self.stack([o[k] for o in ones], k, device=device, dtype=torch.bool) for k in self.keys}
+
+    def _dims(self, key: str) -> list[tuple[int, bool]]:
+        return param_dims(key, self.spec, input_size=self.input_size, output_size=self.output_size, directions=self.directions)
+
+    @property
+    def members(self) -> int:
+        return len(self.hidden_sizes)
+
+    def stack(self, tensors: Sequence[torch.Tensor], key: str, *, device=None, dtype=None) -> torch.Tensor:
+        """Members' tensors of parameter ``key`` (their own shapes) as one padded (M, ...) tensor."""
+        dims = self._dims(key)
+        padded = [pad(t.detach().to(device=device, dtype=dtype), dims, h, self.H) for t, h in zip(tensors, self.hidden_sizes)]
+        return torch.stack(padded)
+
+    def member_tensor(self, key: str, m: int, t: torch.Tensor | None = None) -> torch.Tensor:
+        """Member ``m``'s own copy of ``params[key]`` (or of ``t``, a tensor laid out like it)."""
+        source = self.params[key] if t is None else t
+        return unpad(source[m].detach(), self.dims[key], self.hidden_sizes[m], self.H)
+
+    def member_state(self, m: int) -> dict[str, torch.Tensor]:
+        """Member ``m``'s ``SequenceModel.state_dict()``, on the CPU."""
+        return {k: self.member_tensor(k, m).cpu() for k in self.keys}
+
+    def mask_gradients(self) -> None:
+        """Zero every padded entry of every gradient (see the module docstring)."""
+        if self.masks is None:
+            return
+        for k, p in self.params.items():
+            if p.grad is not None:
+                p.grad = torch.where(self.masks[k], p.grad, p.grad.new_zeros(()))
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [self.params[k] for k in self.keys]
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x (M, T, B, I), or (T, B, I) shared by all members; lengths (M, B) or (B,) -> (M, T, B, O)."""
+        M = self.members
+        if x.dim() == 3:
+            x = x.unsqueeze(0).expand(M, *x.shape)  # stride 0: the input projection is one GEMM
+        if lengths.dim() == 1:
+            lengths = lengths.unsqueeze(0).expand(M, -1)
+        _, T, B, _ = x.shape
+        last = (lengths.to(x.device) - 1).unsqueeze(1)  # (M, 1, B)
+        for k in range(self.num_layers):
+            outs = [self._direction(x, k, "")]
+            if self.bidirectional:
+                rev = _reverse_index(T, last)  # (M, T, B): reverses each sequence within its length
+                xr = x.gather(1, rev.unsqueeze(-1).expand(*rev.shape, x.shape[-1]))
+                yr = self._direction(xr, k, "_reverse")
+                outs.append(yr.gather(1, rev.unsqueeze(-1).expand_as(yr)))
+            x = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]  # (M, T, B, H * directions)
+        w, b = self.params["head.weight"], self.params["head.bias"]  # (M, O, F), (M, O)
+        out = torch.baddbmm(b.unsqueeze(1), x.reshape(M, T * B, -1), w.transpose(1, 2))
+        return out.view(M, T, B, -1)
+
+    __call__ = forward
+
+    def _direction(self, x: torch.Tensor, layer: int, sfx: str) -> torch.Tensor:
+        get = lambda name: self.params.get(f"layers.{layer}.{name}{sfx}")  # noqa: E731
+        Y, _ = FusedRecurrence.apply(
+            self.layout, x, get("weight_ih"), get("bias"), get("weight_hh"), get("peephole"), get("weight_gate_hh")
+        )
+        return Y  # (M, T, B, H)
