@@ -72,6 +72,20 @@ class Param:
             return float(sampled)
         return sampled
 
+    def sample(self, rng) -> Any:
+        """One draw as Ray Tune would sample it (its tune key's value), from a numpy Generator:
+        what ``odyssey bench study`` uses where Ray is not installed."""
+        low, high = self.low, self.high
+        if self.dist == "uniform":
+            return float(rng.uniform(low, high))
+        if self.dist in ("loguniform", "one_minus_loguniform"):
+            return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+        if self.dist == "int":
+            return int(rng.integers(int(low), int(high) + 1))
+        if self.dist == "loguniform_int":  # as tune.lograndint: floor of a log-uniform draw in [low, high + 1)
+            return min(int(math.exp(rng.uniform(math.log(low), math.log(high + 1)))), int(high))
+        return self.values[int(rng.integers(len(self.values)))]
+
     def domain(self):
         """The Ray Tune domain (imports Ray lazily: the rest of this module is pure)."""
         from ray import tune
@@ -100,6 +114,10 @@ class SearchSpace:
             section, key = p.path.split(".", 1)
             out.setdefault(section, {})[key] = p.decode(sampled[p.tune_key])
         return out
+
+    def sample(self, rng) -> dict[str, Any]:
+        """One random-search draw of every parameter, keyed like a Tune config (see ``Param.sample``)."""
+        return {p.tune_key: p.sample(rng) for p in self.params}
 
     def flat(self, sampled: Mapping[str, Any]) -> dict[str, Any]:
         """Decoded values keyed by path, e.g. ``{"train.momentum": 0.9}`` (for display)."""
