@@ -118,8 +118,12 @@ def format_rows(rows: list[BenchRow]) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "study":  # odyssey bench study: see odyssey/bench_study.py
+        from odyssey.bench_study import main as study_main
+
+        return study_main(argv[1:])
     parser = argparse.ArgumentParser(prog="odyssey bench", description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["cells"], help="what to benchmark")
+    parser.add_argument("what", choices=["cells", "study"], help="what to benchmark (study: odyssey bench study -h)")
     parser.add_argument("--variants", nargs="+", choices=sorted(PRESETS), default=None)
     parser.add_argument("--devices", nargs="+", default=None, help="cpu, cuda (default: all present)")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])

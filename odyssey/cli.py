@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "logs": ("odyssey.sweep.jobs:logs_main", "print (or follow) a Ray Job's logs: odyssey logs ID"),
     "stop": ("odyssey.sweep.jobs:stop_main", "stop a Ray Job: odyssey stop ID"),
     "analyze": ("odyssey.analysis.cli:main", "variant comparison and fANOVA report of a study"),
-    "bench": ("odyssey.bench:main", "benchmarks: odyssey bench cells"),
+    "bench": ("odyssey.bench:main", "benchmarks: odyssey bench cells | odyssey bench study"),
     "data": ("odyssey.cli:data_main", "datasets: odyssey data fetch jsb [--dest DIR]"),
 }
 

@@ -153,32 +153,52 @@ class PackedSequenceModel:
     def parameters(self) -> list[torch.Tensor]:
         return [self.params[k] for k in self.keys]
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """x (M, T, B, I), or (T, B, I) shared by all members; lengths (M, B) or (B,) -> (M, T, B, O)."""
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, member_steps: torch.Tensor | None = None) -> torch.Tensor:
+        """x (M, T, B, I), or (T, B, I) shared by all members; lengths (M, B) or (B,) -> (M, T, B, O).
+
+        ``member_steps`` (M,) (a CPU tensor): the steps each member's batch really has. The
+        members are then run longest first, and each step computes only those still running
+        (the rest of their outputs are zeros: the loss masks them): a pack update costs the
+        sum of its members' lengths, not M times the longest.
+        """
         M = self.members
         if x.dim() == 3:
             x = x.unsqueeze(0).expand(M, *x.shape)  # stride 0: the input projection is one GEMM
         if lengths.dim() == 1:
             lengths = lengths.unsqueeze(0).expand(M, -1)
-        _, T, B, _ = x.shape
-        last = (lengths.to(x.device) - 1).unsqueeze(1)  # (M, 1, B)
-        for k in range(self.num_layers):
-            outs = [self._direction(x, k, "")]
-            if self.bidirectional:
-                rev = _reverse_index(T, last)  # (M, T, B): reverses each sequence within its length
-                xr = x.gather(1, rev.unsqueeze(-1).expand(*rev.shape, x.shape[-1]))
-                yr = self._direction(xr, k, "_reverse")
-                outs.append(yr.gather(1, rev.unsqueeze(-1).expand_as(yr)))
-            x = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]  # (M, T, B, H * directions)
-        w, b = self.params["head.weight"], self.params["head.bias"]  # (M, O, F), (M, O)
-        out = torch.baddbmm(b.unsqueeze(1), x.reshape(M, T * B, -1), w.transpose(1, 2))
-        return out.view(M, T, B, -1)
+        params, active, inverse = self.params, None, None
+        if member_steps is not None:
+            order = torch.sort(member_steps, descending=True, stable=True).indices
+            steps = member_steps[order]
+            active = tuple((steps[None, :] > torch.arange(x.shape[1])[:, None]).sum(1).tolist())  # (T,)
+            if not torch.equal(order, torch.arange(M)):
+                device_order = order.to(x.device)
+                params = {k: v.index_select(0, device_order) for k, v in params.items()}  # autograd scatters back
+                x, lengths = x.index_select(0, device_order), lengths.index_select(0, device_order)
+                inverse = torch.argsort(order).to(x.device)
+        out = self._run(params, x, lengths, active)
+        return out if inverse is None else out.index_select(0, inverse)
 
     __call__ = forward
 
-    def _direction(self, x: torch.Tensor, layer: int, sfx: str) -> torch.Tensor:
-        get = lambda name: self.params.get(f"layers.{layer}.{name}{sfx}")  # noqa: E731
+    def _run(self, params: dict[str, torch.Tensor], x: torch.Tensor, lengths: torch.Tensor, active) -> torch.Tensor:
+        M, T, B, _ = x.shape
+        last = (lengths.to(x.device) - 1).unsqueeze(1)  # (M, 1, B)
+        for k in range(self.num_layers):
+            outs = [self._direction(params, x, k, "", active)]
+            if self.bidirectional:
+                rev = _reverse_index(T, last)  # (M, T, B): reverses each sequence within its length
+                xr = x.gather(1, rev.unsqueeze(-1).expand(*rev.shape, x.shape[-1]))
+                yr = self._direction(params, xr, k, "_reverse", active)
+                outs.append(yr.gather(1, rev.unsqueeze(-1).expand_as(yr)))
+            x = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]  # (M, T, B, H * directions)
+        w, b = params["head.weight"], params["head.bias"]  # (M, O, F), (M, O)
+        out = torch.baddbmm(b.unsqueeze(1), x.reshape(M, T * B, -1), w.transpose(1, 2))
+        return out.view(M, T, B, -1)
+
+    def _direction(self, params: dict[str, torch.Tensor], x: torch.Tensor, layer: int, sfx: str, active) -> torch.Tensor:
+        get = lambda name: params.get(f"layers.{layer}.{name}{sfx}")  # noqa: E731
         Y, _ = FusedRecurrence.apply(
-            self.layout, x, get("weight_ih"), get("bias"), get("weight_hh"), get("peephole"), get("weight_gate_hh")
+            self.layout, x, get("weight_ih"), get("bias"), get("weight_hh"), get("peephole"), get("weight_gate_hh"), active
         )
         return Y  # (M, T, B, H)

@@ -299,17 +299,18 @@ class PackTrainer:
         steps = data.host_lengths[index].amax(dim=(1, 2)).clamp_min(1).tolist()  # (K,) on the host
         everyone = all(u == K for u in updates)
         active = (torch.arange(K)[:, None] < torch.tensor(updates)[None]).to(self.device)  # (K, M)
-        index = index.to(self.device)
+        host_index, index = index, index.to(self.device)
         seeds = torch.tensor([m.cfg.seed for m in members], device=self.device)[:, None]
         epochs = torch.tensor([m.st["epoch"] + 1 for m in members], device=self.device)[:, None]
         noise = [m.cfg.train.input_noise for m in members]
         std = torch.tensor(noise, dtype=self.dtype, device=self.device).view(M, 1, 1, 1)
         reduction = members[0].cfg.train.loss_reduction
         total = torch.zeros(M, dtype=torch.float64, device=self.device)
+        member_steps = data.host_lengths[host_index].amax(dim=2)  # (K, M): each member's own steps
         for k in range(K):
             batch = data.batch(index[k], steps[k])  # (M, T, B, ...)
             inputs = input_noise(data, batch, index[k], seeds, epochs, std) if any(noise) else batch.inputs
-            losses = task.loss(model(inputs, batch.lengths), batch, reduction)  # (M,)
+            losses = task.loss(model(inputs, batch.lengths, member_steps[k]), batch, reduction)  # (M,)
             opt.zero_grad()
             losses.sum().backward()  # members are independent: each gets its own gradient
             model.mask_gradients()
