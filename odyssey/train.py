@@ -210,8 +210,8 @@ def train_trial(
         }
 
     bar = _progress_bar(tr.max_epochs, st["epoch"], f"{cfg.variant.label()}/{cfg.task.name}") if progress else None
-    status, reason = COMPLETED, "max_epochs"
-    while st["epoch"] < tr.max_epochs:
+    status, reason = COMPLETED, resumed_stop_reason(st, tr) or "max_epochs"
+    while st["epoch"] < tr.max_epochs and reason != "early_stopping":
         epoch = st["epoch"] + 1
         order = torch.randperm(len(data["train"]), generator=gen)
         train_loss = float(_train_epoch(model, task, optimizer, cfg, data["train"], order, epoch))
@@ -244,6 +244,14 @@ def train_trial(
         worst = task.worst_metrics()
         st = {**st, "best_val": worst, "test": worst}
     return _result(status, reason, st, model)
+
+
+def resumed_stop_reason(st: dict, tr) -> str | None:
+    """Why a trial resumed from ``st`` has nothing left to train (its last checkpoint was its
+    final epoch), or None: ``max_epochs`` or ``early_stopping``."""
+    if st["stale"] >= tr.patience:
+        return "early_stopping"
+    return "max_epochs" if st["epoch"] >= tr.max_epochs else None
 
 
 def _result(status: str, reason: str, st: dict, model: SequenceModel) -> TrialResult:

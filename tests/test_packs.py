@@ -194,6 +194,48 @@ def test_a_member_removed_between_epochs_leaves_the_others_unchanged_and_checkpo
     assert_same_trial(alone[1][:2] + (None,), (result1, [first[1].report.metrics, *resumed], None), rel=1e-10)
 
 
+def test_a_member_joining_a_running_pack_leaves_the_others_unchanged():
+    """``PackTrainer.add`` between epochs while the others are mid-trial (what a pack executor does
+    when Tune starts the next trial in a freed slot)."""
+    cfgs = member_configs("train.dtype=float64", "variant=fgr", members=MEMBERS[:3])
+    task = build_task(cfgs[0].task)
+    alone = [run_alone(c, task) for c in cfgs]
+    trainer = PackTrainer(task, device=torch.device("cpu"), dtype=torch.float64)
+    trainer.add(0, cfgs[0])
+    trainer.add(1, cfgs[1])
+    reports, results = {0: [], 1: [], 2: []}, {}
+    epoch = 0
+    while len(trainer):
+        epoch += 1
+        if epoch == 2:
+            trainer.add(2, cfgs[2])  # joins members 0 and 1 in their second epoch
+        for event in trainer.run_epoch():
+            reports[event.key].append(event.report.metrics)
+            if event.result is not None:
+                results[event.key] = event.result
+    for i in range(3):
+        assert_same_trial(alone[i][:2] + (None,), (results[i], reports[i], None), rel=1e-10)
+
+
+@pytest.mark.parametrize("stop", ["max_epochs", "early_stopping"])
+def test_a_member_resumed_from_its_final_checkpoint_ends_without_training(stop):
+    """The driver died after a trial's last epoch was checkpointed but before Tune recorded its
+    end: alone or in a pack, the resumed trial trains no further epoch and reports its result."""
+    early = ["model.hidden_size=5", "train.lr=0.3", "train.patience=1", "train.max_epochs=8", "seed=3"]
+    (cfg,) = member_configs("train.dtype=float64", members=[early if stop == "early_stopping" else MEMBERS[0]])
+    task = build_task(cfg.task)
+    reports = []
+    result = train_trial(cfg, callback=reports.append, task=task)
+    assert result.stop_reason == stop
+    final = reports[-1].checkpoint()
+    again = []
+    assert train_trial(cfg, callback=again.append, resume_from=final, task=task) == result and again == []
+    trainer = PackTrainer(task, device=torch.device("cpu"), dtype=torch.float64)
+    trainer.add("late", cfg, resume_from=final)
+    (event,) = trainer.run_epoch()
+    assert event.report is None and event.result == result and len(trainer) == 0
+
+
 def test_bad_input_gets_one_clear_error():
     cfgs = member_configs(members=MEMBERS[:2])
     with pytest.raises(ConfigError, match=r"pack_size=0 is invalid: expected an integer >= 1"):

@@ -458,3 +458,101 @@ def test_trials_given_a_gpu_fraction_train_on_the_gpu(tmp_path, mlflow_server, r
     assert len(trials) == 4
     assert all(t.data.tags[TAG_STATUS] == STATUS_COMPLETED for t in trials)
     assert all(t.data.tags[TAG_DEVICE].startswith("cuda:") for t in trials), [t.data.tags[TAG_DEVICE] for t in trials]
+
+
+# --------------------------------------------------------------------------------------------
+# Trial packs (execution=pack): the same study as unpacked, every member its own trial
+
+
+def _by_trial_index(trials):
+    return {(t.data.tags[TAG_VARIANT], t.data.tags[TAG_TRIAL_ID].rsplit("_", 1)[1]): t for t in trials}
+
+
+@pytest.mark.slow
+def test_packed_sweep_matches_the_unpacked_sweep(tmp_path, mlflow_server, ray_cluster):
+    """The same seeded study twice on the two-node cluster: one process per trial, then packs of
+    2 members (3 trials per search, so the third joins when a member leaves). Same trials (by
+    index), params, per-epoch metrics (to 1e-4: float32, see test_packs.py), final metrics and
+    tags; no duplicate runs or steps."""
+    from odyssey.sweep.cli import sweep_main
+
+    common = [f"tracking.uri={mlflow_server}", f"ray.address={ray_cluster.address}"]
+    assert sweep_main([*tiny(tmp_path / "a", "unpacked"), *common, "execution=single"]) == 0
+    assert sweep_main([*tiny(tmp_path / "b", "packed"), *common, "execution=pack", "execution.members=2"]) == 0
+    client, _, single = assert_study(mlflow_server, "unpacked", variants=["vanilla", "nfg"], samples=3, epochs=2)
+    _, parents, packed = assert_study(mlflow_server, "packed", variants=["vanilla", "nfg"], samples=3, epochs=2)
+    single, packed = _by_trial_index(single), _by_trial_index(packed)
+    assert single.keys() == packed.keys() and len(packed) == 6
+    ignore_params = {"study.name", "study.storage_path"}
+    for key, s in single.items():
+        p = packed[key]
+        assert {k: v for k, v in p.data.params.items() if k not in ignore_params} == {
+            k: v for k, v in s.data.params.items() if k not in ignore_params
+        }
+        same_tags = {k: v for k, v in s.data.tags.items() if k.startswith("odyssey.") and k not in (TAG_TRIAL_ID, "odyssey.study")}
+        assert {k: p.data.tags.get(k) for k in same_tags} == same_tags
+        assert p.data.metrics.keys() == s.data.metrics.keys()
+        for name, value in s.data.metrics.items():
+            assert p.data.metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-7), (key, name)
+        for name in ("train/loss", "val/mse"):
+            ours = [m.value for m in sorted(client.get_metric_history(p.info.run_id, name), key=lambda m: m.step)]
+            theirs = [m.value for m in sorted(client.get_metric_history(s.info.run_id, name), key=lambda m: m.step)]
+            assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-7), (key, name)
+
+
+@pytest.mark.slow
+def test_asha_stops_individual_members_of_a_pack(tmp_path, mlflow_server, ray_cluster):
+    from odyssey.sweep.cli import sweep_main
+    from odyssey.tracking import STATUS_STOPPED
+
+    name, epochs = "asha-packed", 4
+    overrides = [
+        *tiny(tmp_path, name, variants=("vanilla",), samples=6, epochs=epochs),
+        "execution=pack",
+        "execution.members=2",
+        "scheduler=asha",
+        "scheduler.grace_period=1",
+        "scheduler.reduction_factor=2",
+        f"tracking.uri={mlflow_server}",
+        f"ray.address={ray_cluster.address}",
+    ]
+    assert sweep_main(overrides) == 0
+    client, parents, trials = study_runs(mlflow_server, name)
+    assert len(parents) == 1 and len(trials) == 6
+    statuses = Counter(t.data.tags[TAG_STATUS] for t in trials)
+    assert set(statuses) <= {STATUS_COMPLETED, STATUS_STOPPED}, statuses
+    assert statuses[STATUS_STOPPED] >= 1 and statuses[STATUS_COMPLETED] >= 1, statuses
+    for t in trials:
+        steps = assert_no_duplicate_steps(client, t)
+        if t.data.tags[TAG_STATUS] == STATUS_STOPPED:
+            assert t.data.tags[TAG_BUDGET_REACHED] == "false" and len(steps) < epochs
+        else:
+            assert t.data.tags[TAG_BUDGET_REACHED] == "true" and steps == list(range(1, epochs + 1))
+
+
+@pytest.mark.slow
+def test_killed_packed_sweep_resumes_without_losses_or_duplicates(tmp_path, mlflow_server, ray_cluster):
+    from odyssey.sweep.cli import sweep_main
+
+    name = "resumed-packed"
+    overrides = [
+        *tiny(tmp_path, name, variants=("vanilla",), samples=4, epochs=3),
+        "execution=pack",
+        "execution.members=2",
+        f"tracking.uri={mlflow_server}",
+        f"ray.address={ray_cluster.address}",
+    ]
+    log = tmp_path / "driver.log"
+    proc = run_in_subprocess(overrides, {}, log)
+    state = tmp_path / "ray_results" / name / "adding__vanilla"
+    done = lambda: any(r.data.tags.get(TAG_STATUS) == STATUS_COMPLETED for r in trial_runs(mlflow_server, name))  # noqa: E731
+    wait_for(lambda: done() and any(state.glob("experiment_state-*.json")), 180, "a finished trial", proc, log)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = trial_runs(mlflow_server, name)
+    assert 1 <= len(before) <= 4
+
+    assert sweep_main([*overrides, "resume=true"]) == 0
+    client, parents, trials = assert_study(mlflow_server, name, variants=["vanilla"], samples=4, epochs=3)
+    assert len(parents) == 1
+    assert {r.info.run_id for r in before} <= {t.info.run_id for t in trials}

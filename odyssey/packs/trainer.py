@@ -44,6 +44,7 @@ from odyssey.train import (
     device_label,
     input_noise,
     resolve_device,
+    resumed_stop_reason,
     step_size,
 )
 
@@ -118,9 +119,10 @@ class PackTrainer:
         self._model: PackedSequenceModel | None = None
         self._opt: PackedSGD | None = None
         self._version = 0  # bumped whenever the stacked tensors change membership
+        self._ended: list[PackEvent] = []  # members admitted with nothing left to train
 
     def __len__(self) -> int:
-        return len(self._members)
+        return len(self._members) + len(self._ended)
 
     @property
     def keys(self) -> list[Hashable]:
@@ -147,11 +149,18 @@ class PackTrainer:
             gen.set_state(resume_from["generator"])
             st = dict(resume_from["trainer"])
         count = sum(v.numel() for v in state.values())
-        self._members.append(_Member(key, cfg, gen, st, state, buffers, count))
+        member = _Member(key, cfg, gen, st, state, buffers, count)
+        done = resumed_stop_reason(st, cfg.train)
+        if done is not None:  # its checkpoint was its last epoch: it ends without training
+            self._ended.append(PackEvent(key, None, self._result(member, COMPLETED, done, st)))
+            return
+        self._sync_out()  # the members already training keep their state through the rebuild
+        self._members.append(member)
         self._model = None  # rebuilt at the next epoch
 
     def remove(self, key: Hashable) -> None:
-        """Take a member out (a scheduler stopped it); the others continue unchanged."""
+        """Take a member out (a scheduler stopped it); the others continue unchanged. Unknown
+        keys are ignored."""
         self._sync_out()
         self._members = [m for m in self._members if m.key != key]
         self._model = None
@@ -159,7 +168,8 @@ class PackTrainer:
     # -- stacked tensors ----------------------------------------------------------------------
 
     def _sync_out(self) -> None:
-        """Copy every member's weights and momentum out of the stacked tensors."""
+        """Copy every member's weights and momentum out of the stacked tensors (they are dropped
+        next: membership changes rebuild them)."""
         if self._model is None:
             return
         for j, m in enumerate(self._members):
@@ -207,8 +217,12 @@ class PackTrainer:
 
         Members that end (budget, early stopping, divergence) leave the pack here.
         """
+        ended, self._ended = self._ended, []
         if not self._members:
-            return []
+            return ended
+        return ended + self._train_members()
+
+    def _train_members(self) -> list[PackEvent]:
         if self._model is None:
             self._build()
         members, task = self._members, self.task

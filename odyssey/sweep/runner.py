@@ -34,6 +34,9 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
+PROXY_CPU = 0.01  # what a packed trial reserves: Ray Tune refuses zero-resource trials
+
+
 @dataclass
 class SearchOutcome:
     task: str
@@ -78,6 +81,7 @@ def run_sweep(sweep: SweepConfig) -> list[SearchOutcome]:
     import odyssey.model  # noqa: F401  (params counts of failed trials, in the callbacks)
     import odyssey.sweep.callbacks  # noqa: F401
     import odyssey.sweep.trainable  # noqa: F401
+    import odyssey.sweep.pack_executor  # noqa: F401
 
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         sweep.storage_path.mkdir(parents=True, exist_ok=True)
@@ -105,6 +109,7 @@ def run_sweep(sweep: SweepConfig) -> list[SearchOutcome]:
 
 
 def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> SearchOutcome:
+    import ray
     from ray import tune
 
     from odyssey.sweep.callbacks import MlflowStatusCallback, ProgressCallback
@@ -136,8 +141,23 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
         search=sweep.search.name,
         scheduler=sweep.scheduler.name,
         checkpoint_every=study.checkpoint_every,
+        packs=sweep.execution.packs if sweep.execution.mode == "pack" else 0,
     )
     resources = {"cpu": study.resources_per_trial.cpu, "gpu": study.resources_per_trial.gpu}
+    concurrency = study.max_concurrent_trials
+    executors = []
+    if ctx.packs:  # the executors hold the devices; each trial is a light proxy (pack_executor.py)
+        from odyssey.sweep.pack_executor import start_executors
+
+        ex = sweep.execution
+        executors = start_executors(
+            ctx, task=plan.base.task, device=plan.base.train.device, dtype=plan.base.train.dtype,
+            capacity=ex.members, packs=ex.packs, cpu=ex.cpu, gpu=ex.gpu,
+        )  # fmt: skip
+        resources = {"cpu": PROXY_CPU}
+        concurrency = ex.members * ex.packs
+        print(f"[{plan.task}/{plan.variant}] {ex.packs} pack(s) of up to {ex.members} trials "
+              f"({ex.cpu:g} CPU, {ex.gpu:g} GPU each)", flush=True)  # fmt: skip
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
     path = _search_path(sweep, plan)
 
@@ -152,10 +172,10 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
                 metric=plan.metric,
                 mode=plan.mode,
                 num_samples=study.num_samples,
-                search_alg=_search_alg(sweep),
+                search_alg=_search_alg(sweep, concurrency),
                 scheduler=_scheduler(sweep, plan),
                 # random search limits concurrency itself (max_concurrent below); Searchers via Tune
-                max_concurrent_trials=study.max_concurrent_trials if sweep.search.name != "random" else None,
+                max_concurrent_trials=concurrency if sweep.search.name != "random" else None,
             ),
             run_config=tune.RunConfig(
                 name=path.name,
@@ -171,7 +191,11 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
                 verbose=0,
             ),
         )
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        for executor in executors:
+            ray.kill(executor)
     outcome = _outcome(sweep, plan, experiment_id, parent)
     mlflow_runs.finish_parent_run(
         sweep.tracking_uri, parent, counts=outcome.counts, best=outcome.best, metric=plan.metric
@@ -199,7 +223,7 @@ def _check_fresh(sweep: SweepConfig) -> None:
         )
 
 
-def _search_alg(sweep: SweepConfig):
+def _search_alg(sweep: SweepConfig, concurrency: int | None):
     if sweep.search.name == "tpe":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
@@ -208,7 +232,7 @@ def _search_alg(sweep: SweepConfig):
         return OptunaSearch(sampler=sampler)
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=sweep.study.max_concurrent_trials or 0)
+    return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=concurrency or 0)
 
 
 def _scheduler(sweep: SweepConfig, plan: SearchPlan):

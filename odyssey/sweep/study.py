@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,6 +30,7 @@ from odyssey.errors import require as _check
 from odyssey.sweep.search_space import SearchSpace, translate
 
 __all__ = [
+    "ExecutionConfig",
     "ResourcesConfig",
     "SchedulerConfig",
     "SearchConfig",
@@ -40,6 +42,11 @@ __all__ = [
 
 SEARCHES = ("random", "tpe")
 SCHEDULERS = ("fifo", "asha")
+EXECUTION_MODES = ("auto", "single", "pack")
+# `execution=auto` on CPU-only trials: measured with `odyssey bench study` (README, speed section).
+CPU_DEFAULT_MODE = "single"
+CPU_PACK_MEMBERS = 8
+GPU_PACK_MEMBERS_MAX = 512
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,37 @@ class SchedulerConfig:
         _check(self.grace_period >= 1, "scheduler.grace_period", self.grace_period, "an integer >= 1")
         _check(self.reduction_factor > 1, "scheduler.reduction_factor", self.reduction_factor, "a float > 1")
         _check(self.max_t is None or self.max_t >= 1, "scheduler.max_t", self.max_t, "null or an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """How the trials of a search use a device: ``single`` (one process per trial), ``pack``
+    (trial packs, :mod:`odyssey.packs`) or ``auto``; see ``conf/execution/auto.yaml``."""
+
+    mode: str = "auto"
+    members: Any = "auto"  # an integer >= 1, or "auto"
+    packs: int = 1
+    cpu: float = 1.0
+    gpu: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.mode in EXECUTION_MODES, "execution.mode", self.mode, f"one of {list(EXECUTION_MODES)}")
+        ok = self.members == "auto" or (isinstance(self.members, int) and not isinstance(self.members, bool) and self.members >= 1)
+        _check(ok, "execution.members", self.members, "an integer >= 1 or auto")
+        _check(self.packs >= 1, "execution.packs", self.packs, "an integer >= 1")
+        _check(self.cpu > 0, "execution.cpu", self.cpu, "a number > 0")
+        _check(self.gpu is None or self.gpu >= 0, "execution.gpu", self.gpu, "null or a number >= 0")
+
+    def resolved(self, resources: "ResourcesConfig", num_samples: int) -> "ExecutionConfig":
+        """``auto`` made concrete: pack when trials get GPUs, else the CPU default; the members
+        per pack (auto: the whole search on a GPU, up to 512; 8 on CPU); the executor's GPUs."""
+        on_gpu = resources.gpu > 0 if self.gpu is None else self.gpu > 0
+        mode = self.mode if self.mode != "auto" else ("pack" if on_gpu else CPU_DEFAULT_MODE)
+        members = self.members
+        if members == "auto":
+            members = min(num_samples, GPU_PACK_MEMBERS_MAX) if on_gpu else min(num_samples, CPU_PACK_MEMBERS)
+        gpu = self.gpu if self.gpu is not None else (1.0 if on_gpu else 0.0)
+        return dataclasses.replace(self, mode=mode, members=int(members), gpu=gpu)
 
 
 @dataclass(frozen=True)
@@ -150,6 +188,7 @@ class SweepConfig:
     study: StudyConfig
     search: SearchConfig
     scheduler: SchedulerConfig
+    execution: ExecutionConfig  # resolved: mode is single or pack, members an integer
     space: SearchSpace
     searches: tuple[SearchPlan, ...]
     tracking_uri: str
@@ -168,6 +207,7 @@ def load_sweep(overrides: Sequence[str], *, cwd: Path | None = None) -> SweepCon
     study = _study(cfg)
     search = typed(cfg.get("search"), SearchConfig, "search")
     scheduler = typed(cfg.get("scheduler"), SchedulerConfig, "scheduler")
+    execution = typed(cfg.get("execution"), ExecutionConfig, "execution").resolved(study.resources_per_trial, study.num_samples)
     space = translate(_container(cfg, "search_space"), name="search_space")
     _check_names("task", study.tasks)
     _check_names("variant", study.variants)
@@ -191,6 +231,7 @@ def load_sweep(overrides: Sequence[str], *, cwd: Path | None = None) -> SweepCon
         study=study,
         search=search,
         scheduler=scheduler,
+        execution=execution,
         space=space,
         searches=tuple(searches),
         tracking_uri=tracking.resolved_uri(cwd),

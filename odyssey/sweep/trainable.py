@@ -60,6 +60,7 @@ class TrialContext:
     search: str
     scheduler: str
     checkpoint_every: int = 1
+    packs: int = 0  # > 0: the search's trials train in this many pack executors (execution=pack)
 
 
 def trial_seed(base_seed: int, trial_id: str, sampled: dict[str, Any]) -> int:
@@ -130,9 +131,45 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             (Path(folder) / META_FILE).write_text(json.dumps({RUN_ID_KEY: logger.run_id, "epoch": report.epoch}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    result = train_trial(cfg, callback=on_epoch, resume_from=state, task=task)
+    if ctx.packs:
+        result = train_in_pack(ctx, trial_id, cfg, state, on_epoch)
+    else:
+        result = train_trial(cfg, callback=on_epoch, resume_from=state, task=task)
     if not finished:  # diverged (no report for that epoch), or resumed after its last epoch
         finish(result)
+
+
+def train_in_pack(ctx: TrialContext, trial_id: str, cfg, state: dict | None, on_epoch):
+    """The proxy side of :mod:`odyssey.sweep.pack_executor`: join the least loaded pack of the
+    search, relay each epoch to ``on_epoch`` (MLflow, Tune), leave when done or stopped."""
+    import time
+
+    import ray
+
+    from odyssey.sweep.pack_executor import executor_name
+    from odyssey.train import EpochReport
+
+    executors = [ray.get_actor(executor_name(ctx.study, ctx.plan.key, i)) for i in range(ctx.packs)]
+    me = ray.get_runtime_context().current_actor
+    joined = None
+    while joined is None:  # Tune starts at most members x packs trials, but a slot frees a moment late
+        for _, executor in sorted(zip(ray.get([e.load.remote() for e in executors]), executors), key=lambda p: p[0]):
+            if ray.get(executor.join.remote(trial_id, cfg, state, me, ctx.checkpoint_every)):
+                joined = executor
+                break
+        else:
+            time.sleep(0.2)
+    try:
+        while True:
+            event = ray.get(joined.next.remote(trial_id))
+            if event["report"] is not None:
+                r = event["report"]
+                ckpt = r["checkpoint"]
+                on_epoch(EpochReport(r["epoch"], r["metrics"], r["best_epoch"], r["improved"], lambda: ckpt, r["result"]))
+            if event["result"] is not None:
+                return event["result"]
+    finally:  # also on the SystemExit with which Tune stops a trial (ASHA) inside tune.report
+        joined.leave.remote(trial_id)
 
 
 def trial_config(ctx: TrialContext, trial_id: str, config: dict[str, Any]):
