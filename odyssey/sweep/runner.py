@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -34,7 +35,10 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
-PROXY_CPU = 0.01  # what a packed trial reserves: Ray Tune refuses zero-resource trials
+# What a packed trial (a proxy: no compute) reserves. Ray Tune refuses zero-resource trials, and a
+# CPU share would deadlock where pack executors hold every CPU of a node; memory is what a proxy
+# process really costs (its Python worker, measured ~0.2 GB RSS).
+PROXY_RESOURCES = {"memory": 200 * 2**20}
 
 
 @dataclass
@@ -102,10 +106,79 @@ def run_sweep(sweep: SweepConfig) -> list[SearchOutcome]:
             f"MLflow {sweep.tracking_uri} (experiment {sweep.study.name!r}); Ray results {sweep.storage_path}",
             flush=True,
         )
-        return [_run_search(sweep, plan, experiment_id) for plan in sweep.searches]
+        return _run_searches(sweep, experiment_id)
     finally:
         if started:
             ray.shutdown()
+
+
+def _run_searches(sweep: SweepConfig, experiment_id: str) -> list[SearchOutcome]:
+    """The searches of the study, ``study.max_concurrent_searches`` at a time (null: all), so the
+    cluster does not idle at each search's tail. Each search is its own Tuner in its own thread
+    (Ray schedules all their trials on the cluster); Ctrl-C ends every one of them."""
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    plans = list(sweep.searches)
+    workers = min(sweep.study.max_concurrent_searches or len(plans), len(plans))
+    if workers == 1:  # in the main thread: Tune's own Ctrl-C handling
+        return [_run_search(sweep, plan, experiment_id) for plan in plans]
+    _thread_safe_tune_registries()
+    _STOP_ALL.clear()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="odyssey-search") as pool:
+        futures = [pool.submit(_run_search, sweep, plan, experiment_id) for plan in plans]
+        try:
+            return [f.result() for f in futures]
+        except KeyboardInterrupt:
+            print("stopping every search of the study (Ctrl-C)", flush=True)
+            _STOP_ALL.set()
+            for f in futures:
+                f.cancel()
+            wait(futures)
+            raise
+
+
+_STOP_ALL = threading.Event()  # set on Ctrl-C while searches run in threads (no signals there)
+
+
+def _thread_safe_tune_registries() -> None:
+    """Serialise Ray Tune's process-wide trainable registry.
+
+    Ray 2.60 fills and flushes its plain dict without a lock; two Tuners starting in two threads
+    then fail with "dictionary changed size during iteration". One lock around each of its
+    methods makes concurrent searches safe (idempotent)."""
+    from ray.tune import registry
+
+    reg = registry._global_registry
+    if getattr(reg, "_odyssey_locked", False):
+        return
+    for name in ("register", "flush_values", "unregister", "unregister_all", "contains", "get"):
+        setattr(reg, name, _locked(getattr(reg, name)))
+    reg._odyssey_locked = True
+
+
+_REGISTRY_LOCK = threading.RLock()
+
+
+def _locked(fn):
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _REGISTRY_LOCK:
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+class _StopAllSearches:
+    """A Tune stopper (duck-typed) that ends a search when the driver is interrupted. It holds no
+    state, so it pickles into the experiment (``Tuner.restore``) as it is."""
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return _STOP_ALL.is_set()
 
 
 def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> SearchOutcome:
@@ -154,11 +227,11 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
             ctx, task=plan.base.task, device=plan.base.train.device, dtype=plan.base.train.dtype,
             capacity=ex.members, packs=ex.packs, cpu=ex.cpu, gpu=ex.gpu,
         )  # fmt: skip
-        resources = {"cpu": PROXY_CPU}
+        resources = dict(PROXY_RESOURCES)
         concurrency = ex.members * ex.packs
         print(f"[{plan.task}/{plan.variant}] {ex.packs} pack(s) of up to {ex.members} trials "
               f"({ex.cpu:g} CPU, {ex.gpu:g} GPU each)", flush=True)  # fmt: skip
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+    trainable = tune.with_resources(tune.with_parameters(_search_trainable(plan, run_trial), ctx=ctx), resources)
     path = _search_path(sweep, plan)
 
     if sweep.resume and tune.Tuner.can_restore(str(path)):
@@ -180,6 +253,7 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
             run_config=tune.RunConfig(
                 name=path.name,
                 storage_path=str(path.parent),
+                stop=_stop_all_searches(),
                 failure_config=tune.FailureConfig(max_failures=study.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 callbacks=[
@@ -201,6 +275,24 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
         sweep.tracking_uri, parent, counts=outcome.counts, best=outcome.best, metric=plan.metric
     )
     return outcome
+
+
+def _search_trainable(plan: SearchPlan, run_trial):
+    """``run_trial`` under a name of the search's own: Ray Tune registers trainables by name in one
+    process-wide registry, so concurrent searches must not share one (``Tuner.restore`` needs the
+    same name again, which the search key gives)."""
+
+    def trainable(config, ctx):
+        return run_trial(config, ctx)
+
+    trainable.__name__ = trainable.__qualname__ = f"odyssey_{plan.key}"
+    return trainable
+
+
+def _stop_all_searches():
+    from ray import tune
+
+    return type("StopAllSearches", (_StopAllSearches, tune.Stopper), {})()
 
 
 def _search_path(sweep: SweepConfig, plan: SearchPlan) -> Path:

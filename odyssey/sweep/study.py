@@ -133,6 +133,7 @@ class StudyConfig:
     variants: list[str] = field(default_factory=lambda: ["vanilla"])
     num_samples: int = 10
     max_concurrent_trials: int | None = None  # null: as many as the cluster's resources allow
+    max_concurrent_searches: int | None = None  # (task, variant) searches at once; null: all
     resources_per_trial: ResourcesConfig = field(default_factory=ResourcesConfig)
     max_failures: int = 2  # retries of a failed trial (exception, lost node), then 'failed'
     storage_path: str | None = None  # Ray Tune results + checkpoints; null: ./ray_results (made absolute)
@@ -147,6 +148,10 @@ class StudyConfig:
         _check(
             self.max_concurrent_trials is None or self.max_concurrent_trials >= 1,
             "study.max_concurrent_trials", self.max_concurrent_trials, "null or an integer >= 1",
+        )  # fmt: skip
+        _check(
+            self.max_concurrent_searches is None or self.max_concurrent_searches >= 1,
+            "study.max_concurrent_searches", self.max_concurrent_searches, "null or an integer >= 1",
         )  # fmt: skip
         _check(self.max_failures >= 0, "study.max_failures", self.max_failures, "an integer >= 0")
         _check(self.checkpoint_every >= 1, "study.checkpoint_every", self.checkpoint_every, "an integer >= 1")
