@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PackExecutor", "executor_name", "start_executors"]
+__all__ = ["PackExecutor", "executor_name", "start_executors", "stop_executors"]
 
 
 def executor_name(study: str, search_key: str, index: int) -> str:
@@ -219,11 +219,17 @@ def _alive(handle) -> bool:
         return True
 
 
-def start_executors(ctx, *, task, device: str, dtype: str, capacity: int, packs: int, cpu: float, gpu: float) -> list:
-    """The search's pack executors as Ray actors (restarted by Ray if their node dies). Keep the
-    returned handles until the search ends: the actors live as long as the driver holds them."""
+def start_executors(ctx, *, task, device: str, dtype: str, capacity: int, packs: int, cpu: float, gpu: float):
+    """The search's pack executors as Ray actors (restarted by Ray if their node dies), and the
+    placement group that reserves their devices all at once (so concurrent searches never hold
+    half of what each needs). Keep both until the search ends; :func:`stop_executors` after."""
     import ray
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+    bundle = {"CPU": cpu, **({"GPU": gpu} if gpu else {})}
+    group = placement_group([bundle] * packs, strategy="SPREAD")
+    ray.get(group.ready())  # all of this search's devices, or wait for them
     actor = ray.remote(PackExecutor)
     handles = []
     for i in range(packs):
@@ -234,7 +240,17 @@ def start_executors(ctx, *, task, device: str, dtype: str, capacity: int, packs:
                 num_gpus=gpu,
                 max_concurrency=capacity + 8,
                 max_restarts=-1,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i),
             ).remote(task, device, dtype, capacity)
         )
     ray.get([h.load.remote() for h in handles])  # constructed (the task's data is loaded)
-    return handles
+    return handles, group
+
+
+def stop_executors(handles, group) -> None:
+    import ray
+    from ray.util.placement_group import remove_placement_group
+
+    for handle in handles:
+        ray.kill(handle)
+    remove_placement_group(group)

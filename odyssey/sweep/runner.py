@@ -5,9 +5,11 @@ Order of events for ``run_sweep``:
 1. check the tracking store and the Ray address (one clear ``ServiceError`` each, before any
    trial starts);
 2. connect to Ray (``ray.address``, ``$RAY_ADDRESS``, a Ray job's cluster or a local runtime);
-3. for each search: the parent run (reused on resume), then ``Tuner.fit()`` or, with
-   ``resume=true`` and saved state, ``Tuner.restore(...).fit()`` (finished trials are not rerun,
-   interrupted ones continue from their last checkpoint, errored ones are resumed);
+3. for each search, ``study.max_concurrent_searches`` at a time (default: all at once, each in
+   its own thread): the parent run (reused on resume); with ``execution=pack`` the search's pack
+   executors (:mod:`odyssey.sweep.pack_executor`); then ``Tuner.fit()`` or, with ``resume=true``
+   and saved state, ``Tuner.restore(...).fit()`` (finished trials are not rerun, interrupted ones
+   continue from their last checkpoint, errored ones are resumed);
 4. close the parent run with the counts of trials by MLflow status.
 """
 
@@ -182,7 +184,6 @@ class _StopAllSearches:
 
 
 def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> SearchOutcome:
-    import ray
     from ray import tune
 
     from odyssey.sweep.callbacks import MlflowStatusCallback, ProgressCallback
@@ -218,7 +219,7 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
     )
     resources = {"cpu": study.resources_per_trial.cpu, "gpu": study.resources_per_trial.gpu}
     concurrency = study.max_concurrent_trials
-    executors = []
+    executors = None
     if ctx.packs:  # the executors hold the devices; each trial is a light proxy (pack_executor.py)
         from odyssey.sweep.pack_executor import start_executors
 
@@ -268,8 +269,10 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
     try:
         tuner.fit()
     finally:
-        for executor in executors:
-            ray.kill(executor)
+        if executors is not None:
+            from odyssey.sweep.pack_executor import stop_executors
+
+            stop_executors(*executors)
     outcome = _outcome(sweep, plan, experiment_id, parent)
     mlflow_runs.finish_parent_run(
         sweep.tracking_uri, parent, counts=outcome.counts, best=outcome.best, metric=plan.metric
