@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
+from odyssey.bench import _timer
 from odyssey.config import TrialConfig, compose, trial_config
 from odyssey.noise import gaussian_noise, stream_keys
 from odyssey.tasks import Task, build_task
@@ -134,16 +134,6 @@ def _arm(name: str, cfgs: list[TrialConfig], task: Task, device: torch.device) -
     raise ValueError(f"unknown arm {name!r}; valid arms: {list(ARMS)}")
 
 
-def _time(fn: Callable[[], None], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
-
-
 def bench_study(
     *,
     trials: int = 8,
@@ -166,7 +156,7 @@ def bench_study(
         times: dict[str, list[float]] = {arm: [] for arm in arms}
         for _ in range(repeats):
             for arm in arms:
-                times[arm].append(_time(fns[arm], device))
+                times[arm].append(_timer(fns[arm], device))
         for arm in arms:
             row = ArmTiming(arm, name, trials, epochs, tuple(times[arm]))
             out.append(row)
@@ -204,18 +194,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--full-epochs", type=int, default=150, help="epochs per trial in the full-arm estimate")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the trial config (e.g. variant=fgr)")
+    parser.add_argument("--variant", default="vanilla", help="the variant of the search (conf/variant/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="more Hydra overrides of the trial config, after --")
     args = parser.parse_args(argv)
     if args.trials < 1 or args.epochs < 1 or args.repeats < 1 or args.threads < 1:
         parser.error("--trials, --epochs, --repeats and --threads must be >= 1")
     if args.devices and any(d.startswith("cuda") for d in args.devices) and not torch.cuda.is_available():
         parser.error("--devices names cuda but no CUDA device is present; valid here: cpu")
     torch.set_num_threads(args.threads)
-    print(f"JSB search, paper protocol and space: {args.trials} trials x {args.epochs} epoch(s), "
+    print(f"JSB search ({args.variant}), paper protocol and space: {args.trials} trials x {args.epochs} epoch(s), "
           f"{args.threads} thread(s), torch {torch.__version__}, best of {args.repeats}", flush=True)  # fmt: skip
     rows = bench_study(
         trials=args.trials, epochs=args.epochs, devices=args.devices, arms=tuple(args.arms),
-        repeats=args.repeats, seed=args.seed, overrides=tuple(args.overrides),
+        repeats=args.repeats, seed=args.seed, overrides=(f"variant={args.variant}", *args.overrides),
         progress=lambda r: print(f"  {r.device} {r.arm}: {', '.join(f'{s:.2f}s' for s in r.seconds)}", flush=True),
     )  # fmt: skip
     print(format_rows(rows, full_epochs=args.full_epochs))

@@ -126,7 +126,7 @@ def evaluate(model: SequenceModel, task: Task, split: ResidentSplit, batch_size:
     return {name: float(total) / max(int(count), 1) for name, (total, count) in totals.items()}
 
 
-def input_noise(data: ResidentSplit, batch, index: torch.Tensor, seed, epoch, std) -> torch.Tensor:
+def input_noise(batch, index: torch.Tensor, seed, epoch, std) -> torch.Tensor:
     """The inputs of a training batch plus ``std`` times the batch's counter-based N(0, 1) noise.
 
     ``index`` (..., B) are the batch's sequence numbers and ``seed``/``epoch``/``std`` broadcast
@@ -153,7 +153,7 @@ def _train_epoch(model, task: Task, optimizer, cfg: TrialConfig, data: ResidentS
     for start in range(0, len(order), tr.batch_size):
         index = device_order[start : start + tr.batch_size]
         batch = data.batch(index, data.steps(order[start : start + tr.batch_size]))
-        inputs = input_noise(data, batch, index, cfg.seed, epoch, std) if tr.input_noise > 0 else batch.inputs
+        inputs = input_noise(batch, index, cfg.seed, epoch, std) if tr.input_noise > 0 else batch.inputs
         loss = task.loss(model(inputs, batch.lengths), batch, tr.loss_reduction)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

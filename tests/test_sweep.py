@@ -310,13 +310,17 @@ def test_submit_to_job_server(tmp_path, mlflow_server, ray_cluster, monkeypatch,
 
 
 @pytest.mark.slow
-def test_interrupt_and_resume(tmp_path, mlflow_server, ray_cluster):
-    """Kill the driver mid-sweep, resume: all trials, each once, every epoch logged once."""
+@pytest.mark.parametrize("execution", ["single", "pack"])
+def test_interrupt_and_resume(tmp_path, mlflow_server, ray_cluster, execution):
+    """Kill the driver mid-sweep, resume: all trials, each once, every epoch logged once; with
+    one process per trial and with trial packs (2 members: members resume from checkpoints)."""
     from odyssey.sweep.cli import sweep_main
 
-    name = "resumed"
+    name = f"resumed-{execution}"
     overrides = [
         *tiny(tmp_path, name, variants=("vanilla",), samples=4, epochs=3),
+        f"execution={execution}",
+        "execution.members=2",
         f"tracking.uri={mlflow_server}",
         f"ray.address={ray_cluster.address}",
     ]
@@ -338,16 +342,23 @@ def test_interrupt_and_resume(tmp_path, mlflow_server, ray_cluster):
 
 
 @pytest.mark.slow
-def test_asha_stops_poor_trials_and_marks_them(tmp_path, mlflow_server, ray_cluster):
+@pytest.mark.parametrize(
+    "execution",
+    [["execution=single", "study.max_concurrent_trials=1"], ["execution=pack", "execution.members=2"]],
+    ids=["single", "pack"],
+)
+def test_asha_stops_poor_trials_and_marks_them(tmp_path, mlflow_server, ray_cluster, execution):
     """ASHA (grace 1 epoch, halving) cuts trials short: MLflow marks them stopped_early with
-    budget_reached=false and fewer epochs; the others complete their whole budget."""
+    budget_reached=false and fewer epochs; the others complete their whole budget. Unpacked
+    (one trial at a time: each new trial meets the recorded rungs) and in packs of 2, where ASHA
+    stops individual members and the freed slot goes to the next trial."""
     from odyssey.sweep.cli import sweep_main
     from odyssey.tracking import STATUS_STOPPED
 
-    name, epochs = "asha", 4
+    name, epochs = f"asha-{'-'.join(execution).replace('=', '').replace('.', '')}", 4
     overrides = [
         *tiny(tmp_path, name, variants=("vanilla",), samples=6, epochs=epochs),
-        "study.max_concurrent_trials=1",  # sequential: each new trial meets the recorded rungs
+        *execution,
         "scheduler=asha",
         "scheduler.grace_period=1",
         "scheduler.reduction_factor=2",
@@ -386,6 +397,7 @@ def test_failing_trials_are_retried_then_recorded_as_failed(tmp_path, mlflow_ser
         *tiny(tmp_path, name, variants=("vanilla",), samples=2, epochs=2),
         "train.device=cuda",
         "study.max_failures=1",
+        "execution=single",  # one process per trial (packs: test_packs.py, and below)
         f"tracking.uri={mlflow_server}",
         f"ray.address={ray_cluster.address}",
     ]
@@ -408,6 +420,7 @@ def test_worker_node_killed(tmp_path, mlflow_server, ray_cluster):
         *tiny(tmp_path, name, variants=("vanilla",), samples=3, epochs=30),
         "task.num_train=256",  # trials of ~10 s: still running when the node goes
         "train.patience=100",
+        "execution=single",  # one process per trial (packs: test_packs.py, and below)
         f"tracking.uri={mlflow_server}",
         f"ray.address={ray_cluster.address}",
     ]
@@ -450,6 +463,7 @@ def test_trials_given_a_gpu_fraction_train_on_the_gpu(tmp_path, mlflow_server, r
     overrides = [
         *tiny(tmp_path, name, variants=("vanilla",), samples=4, epochs=2),
         "+resources=gpu_quarter",
+        "execution=single",  # one process per trial (packs: test_packs.py, and below)
         f"tracking.uri={mlflow_server}",
         f"ray.address={ray_cluster.address}",
     ]
@@ -498,61 +512,3 @@ def test_packed_sweep_matches_the_unpacked_sweep(tmp_path, mlflow_server, ray_cl
             ours = [m.value for m in sorted(client.get_metric_history(p.info.run_id, name), key=lambda m: m.step)]
             theirs = [m.value for m in sorted(client.get_metric_history(s.info.run_id, name), key=lambda m: m.step)]
             assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-7), (key, name)
-
-
-@pytest.mark.slow
-def test_asha_stops_individual_members_of_a_pack(tmp_path, mlflow_server, ray_cluster):
-    from odyssey.sweep.cli import sweep_main
-    from odyssey.tracking import STATUS_STOPPED
-
-    name, epochs = "asha-packed", 4
-    overrides = [
-        *tiny(tmp_path, name, variants=("vanilla",), samples=6, epochs=epochs),
-        "execution=pack",
-        "execution.members=2",
-        "scheduler=asha",
-        "scheduler.grace_period=1",
-        "scheduler.reduction_factor=2",
-        f"tracking.uri={mlflow_server}",
-        f"ray.address={ray_cluster.address}",
-    ]
-    assert sweep_main(overrides) == 0
-    client, parents, trials = study_runs(mlflow_server, name)
-    assert len(parents) == 1 and len(trials) == 6
-    statuses = Counter(t.data.tags[TAG_STATUS] for t in trials)
-    assert set(statuses) <= {STATUS_COMPLETED, STATUS_STOPPED}, statuses
-    assert statuses[STATUS_STOPPED] >= 1 and statuses[STATUS_COMPLETED] >= 1, statuses
-    for t in trials:
-        steps = assert_no_duplicate_steps(client, t)
-        if t.data.tags[TAG_STATUS] == STATUS_STOPPED:
-            assert t.data.tags[TAG_BUDGET_REACHED] == "false" and len(steps) < epochs
-        else:
-            assert t.data.tags[TAG_BUDGET_REACHED] == "true" and steps == list(range(1, epochs + 1))
-
-
-@pytest.mark.slow
-def test_killed_packed_sweep_resumes_without_losses_or_duplicates(tmp_path, mlflow_server, ray_cluster):
-    from odyssey.sweep.cli import sweep_main
-
-    name = "resumed-packed"
-    overrides = [
-        *tiny(tmp_path, name, variants=("vanilla",), samples=4, epochs=3),
-        "execution=pack",
-        "execution.members=2",
-        f"tracking.uri={mlflow_server}",
-        f"ray.address={ray_cluster.address}",
-    ]
-    log = tmp_path / "driver.log"
-    proc = run_in_subprocess(overrides, {}, log)
-    state = tmp_path / "ray_results" / name / "adding__vanilla"
-    done = lambda: any(r.data.tags.get(TAG_STATUS) == STATUS_COMPLETED for r in trial_runs(mlflow_server, name))  # noqa: E731
-    wait_for(lambda: done() and any(state.glob("experiment_state-*.json")), 180, "a finished trial", proc, log)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    before = trial_runs(mlflow_server, name)
-    assert 1 <= len(before) <= 4
-
-    assert sweep_main([*overrides, "resume=true"]) == 0
-    client, parents, trials = assert_study(mlflow_server, name, variants=["vanilla"], samples=4, epochs=3)
-    assert len(parents) == 1
-    assert {r.info.run_id for r in before} <= {t.info.run_id for t in trials}

@@ -323,7 +323,7 @@ class PackTrainer:
         member_steps = data.host_lengths[host_index].amax(dim=2)  # (K, M): each member's own steps
         for k in range(K):
             batch = data.batch(index[k], steps[k])  # (M, T, B, ...)
-            inputs = input_noise(data, batch, index[k], seeds, epochs, std) if any(noise) else batch.inputs
+            inputs = input_noise(batch, index[k], seeds, epochs, std) if any(noise) else batch.inputs
             losses = task.loss(model(inputs, batch.lengths, member_steps[k]), batch, reduction)  # (M,)
             opt.zero_grad()
             losses.sum().backward()  # members are independent: each gets its own gradient

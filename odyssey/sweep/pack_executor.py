@@ -3,7 +3,7 @@
 Design (measured against the alternative in the README): each trial of a packed search is still
 an ordinary Ray Tune function trial, so the searcher (random, TPE), the scheduler (FIFO, ASHA),
 retries, resume, trial ids and the MLflow run of each member work exactly as for unpacked
-trials. The trial is a light *proxy* (it reserves 200 MiB of memory, no CPU): instead of training, it joins a
+trials. The trial is a light *proxy* (it reserves 300 MiB of memory, no CPU): instead of training, it joins a
 :class:`PackExecutor` (a Ray actor that holds the device and a
 :class:`~odyssey.packs.PackTrainer`) and relays its epochs::
 
