@@ -512,3 +512,20 @@ def test_packed_sweep_matches_the_unpacked_sweep(tmp_path, mlflow_server, ray_cl
             ours = [m.value for m in sorted(client.get_metric_history(p.info.run_id, name), key=lambda m: m.step)]
             theirs = [m.value for m in sorted(client.get_metric_history(s.info.run_id, name), key=lambda m: m.step)]
             assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-7), (key, name)
+
+
+@pytest.mark.slow
+def test_a_pack_that_cannot_start_is_one_clear_error_and_records_nothing(tmp_path, mlflow_server, ray_cluster):
+    import torch
+
+    from odyssey.sweep.cli import sweep_main
+
+    if torch.cuda.is_available():
+        pytest.skip("asks for CUDA to make the pack fail: needs a machine without it")
+    name = "pack-no-cuda"
+    overrides = [*tiny(tmp_path, name, variants=("vanilla",)), "execution=pack", "train.device=cuda",
+                 f"tracking.uri={mlflow_server}", f"ray.address={ray_cluster.address}"]  # fmt: skip
+    with pytest.raises(ServiceError, match=r"adding__vanilla: its pack executor could not start .*CUDA.*execution=single"):
+        sweep_main(overrides)
+    _, parents, trials = study_runs(mlflow_server, name)
+    assert parents == [] and trials == []

@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from odyssey.errors import ServiceError
+
 __all__ = ["PackExecutor", "executor_name", "start_executors", "stop_executors"]
 
 
@@ -219,7 +221,7 @@ def _alive(handle) -> bool:
         return True
 
 
-def start_executors(ctx, *, task, device: str, dtype: str, capacity: int, packs: int, cpu: float, gpu: float):
+def start_executors(study: str, search_key: str, *, task, device: str, dtype: str, capacity: int, packs: int, cpu: float, gpu: float):
     """The search's pack executors as Ray actors (restarted by Ray if their node dies), and the
     placement group that reserves their devices all at once (so concurrent searches never hold
     half of what each needs). Keep both until the search ends; :func:`stop_executors` after."""
@@ -235,7 +237,7 @@ def start_executors(ctx, *, task, device: str, dtype: str, capacity: int, packs:
     for i in range(packs):
         handles.append(
             actor.options(
-                name=executor_name(ctx.study, ctx.plan.key, i),
+                name=executor_name(study, search_key, i),
                 num_cpus=cpu,
                 num_gpus=gpu,
                 max_concurrency=capacity + 8,
@@ -243,7 +245,15 @@ def start_executors(ctx, *, task, device: str, dtype: str, capacity: int, packs:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i),
             ).remote(task, device, dtype, capacity)
         )
-    ray.get([h.load.remote() for h in handles])  # constructed (the task's data is loaded)
+    try:
+        ray.get([h.load.remote() for h in handles])  # constructed (the task's data is loaded)
+    except ray.exceptions.RayError as exc:
+        stop_executors(handles, group)
+        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        raise ServiceError(
+            f"search {search_key}: its pack executor could not start ({lines[-1] if lines else exc}); "
+            "check train.device / execution.gpu against the cluster, or run it unpacked with execution=single"
+        ) from None
     return handles, group
 
 

@@ -190,6 +190,20 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
     from odyssey.sweep.trainable import TrialContext, run_trial
 
     study = sweep.study
+    packs = sweep.execution.packs if sweep.execution.mode == "pack" else 0
+    concurrency = study.max_concurrent_trials
+    executors = None
+    if packs:  # the executors hold the devices; each trial is a light proxy (pack_executor.py)
+        from odyssey.sweep.pack_executor import start_executors
+
+        ex = sweep.execution
+        executors = start_executors(
+            study.name, plan.key, task=plan.base.task, device=plan.base.train.device, dtype=plan.base.train.dtype,
+            capacity=ex.members, packs=ex.packs, cpu=ex.cpu, gpu=ex.gpu,
+        )  # fmt: skip
+        concurrency = ex.members * ex.packs
+        print(f"[{plan.task}/{plan.variant}] {ex.packs} pack(s) of up to {ex.members} trials "
+              f"({ex.cpu:g} CPU, {ex.gpu:g} GPU each)", flush=True)  # fmt: skip
     parent = mlflow_runs.start_parent_run(
         sweep.tracking_uri,
         experiment_id,
@@ -215,23 +229,11 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
         search=sweep.search.name,
         scheduler=sweep.scheduler.name,
         checkpoint_every=study.checkpoint_every,
-        packs=sweep.execution.packs if sweep.execution.mode == "pack" else 0,
+        packs=packs,
     )
     resources = {"cpu": study.resources_per_trial.cpu, "gpu": study.resources_per_trial.gpu}
-    concurrency = study.max_concurrent_trials
-    executors = None
-    if ctx.packs:  # the executors hold the devices; each trial is a light proxy (pack_executor.py)
-        from odyssey.sweep.pack_executor import start_executors
-
-        ex = sweep.execution
-        executors = start_executors(
-            ctx, task=plan.base.task, device=plan.base.train.device, dtype=plan.base.train.dtype,
-            capacity=ex.members, packs=ex.packs, cpu=ex.cpu, gpu=ex.gpu,
-        )  # fmt: skip
+    if packs:
         resources = dict(PROXY_RESOURCES)
-        concurrency = ex.members * ex.packs
-        print(f"[{plan.task}/{plan.variant}] {ex.packs} pack(s) of up to {ex.members} trials "
-              f"({ex.cpu:g} CPU, {ex.gpu:g} GPU each)", flush=True)  # fmt: skip
     trainable = tune.with_resources(tune.with_parameters(_search_trainable(plan, run_trial), ctx=ctx), resources)
     path = _search_path(sweep, plan)
 
