@@ -98,6 +98,7 @@ def assert_study(uri: str, name: str, *, variants, samples, epochs, statuses=(ST
         assert {"odyssey.seed", "odyssey.params_count", TAG_BUDGET_REACHED} <= set(tags)
         assert 4 <= int(params["hidden_size"]) <= 8 and 1e-3 <= float(params["lr"]) <= 1e-1
         assert 0.0 <= float(params["momentum"]) <= 0.9 and params["train.max_epochs"] == str(epochs)
+        assert params["train.loss_reduction"] == "sum_over_steps"  # the objective's scale is on record
         if tags[TAG_STATUS] == STATUS_COMPLETED:
             assert tags[TAG_DEVICE] == "cpu"  # no GPU asked for: Ray hides the GPUs from the trial
             assert {"test/mse", "test/accuracy", "best_val/mse", "best_epoch"} <= set(metrics)
