@@ -82,7 +82,13 @@ def reference_trial(cfg: TrialConfig, task: Task, device: torch.device) -> float
     opt = torch.optim.SGD(params, lr=step, momentum=tr.momentum, nesterov=tr.nesterov and tr.momentum > 0)
     data = {s: ResidentSplit(task.splits[s], device) for s in ("train", "valid", "test")}
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = lambda x: head(lstm(x)[0])  # noqa: E731 - (T, B, I) -> (T, B, O)
+
+    def model(x):  # (T, B, I) -> (T, B, O)
+        return head(lstm(x)[0])
+
+    def forward(x, lengths):  # what ResidentSplit.metric_totals calls
+        return model(x)
+
     best = math.inf
     for epoch in range(1, tr.max_epochs + 1):
         order = torch.randperm(len(data["train"]), generator=gen)
@@ -98,21 +104,11 @@ def reference_trial(cfg: TrialConfig, task: Task, device: torch.device) -> float
             loss.backward()
             opt.step()
         with torch.no_grad():
-            val = _nll(model, task, data["valid"], tr.eval_batch_size)
+            val = float(data["valid"].metric_totals(forward, task, tr.eval_batch_size)[task.primary_metric])
             if val < best:
                 best = val
-                _nll(model, task, data["test"], tr.eval_batch_size)
+                data["test"].metric_totals(forward, task, tr.eval_batch_size)
     return best
-
-
-def _nll(model, task: Task, split: ResidentSplit, size: int) -> float:
-    total = count = 0
-    for start in range(0, len(split), size):
-        stop = min(start + size, len(split))
-        batch = split.batch(split.index(start, stop), split.steps(torch.arange(start, stop)))
-        s, c = task.metric_totals(model(batch.inputs), batch)[task.primary_metric]
-        total, count = total + s, count + c
-    return float(total) / max(int(count), 1)
 
 
 def _arm(name: str, cfgs: list[TrialConfig], task: Task, device: torch.device) -> Callable[[], None]:
@@ -120,18 +116,29 @@ def _arm(name: str, cfgs: list[TrialConfig], task: Task, device: torch.device) -
     from odyssey.train import train_trial
 
     on = [c.replace(train={"device": str(device)}) for c in cfgs]
-    if name == "single":
-        return lambda: [train_trial(c, task=task) for c in on] and None
-    if name == "pack":
-        return lambda: train_pack(on, task=task) and None
-    if name == "pack_grouped":
-        groups: dict[int, list[TrialConfig]] = {}
+    groups: dict[int, list[TrialConfig]] = {}
+    for c in on:
+        groups.setdefault(c.model.hidden_size, []).append(c)
+
+    def single() -> None:
         for c in on:
-            groups.setdefault(c.model.hidden_size, []).append(c)
-        return lambda: [train_pack(g, task=task) for g in groups.values()] and None
-    if name == "nn.LSTM":
-        return lambda: [reference_trial(c, task, device) for c in on] and None
-    raise ValueError(f"unknown arm {name!r}; valid arms: {list(ARMS)}")
+            train_trial(c, task=task)
+
+    def pack() -> None:
+        train_pack(on, task=task)
+
+    def pack_grouped() -> None:
+        for group in groups.values():
+            train_pack(group, task=task)
+
+    def reference() -> None:
+        for c in on:
+            reference_trial(c, task, device)
+
+    arms = {"single": single, "pack": pack, "pack_grouped": pack_grouped, "nn.LSTM": reference}
+    if name not in arms:
+        raise ValueError(f"unknown arm {name!r}; valid arms: {list(ARMS)}")
+    return arms[name]
 
 
 def bench_study(

@@ -115,15 +115,7 @@ def evaluate(model: SequenceModel, task: Task, split: ResidentSplit, batch_size:
     The sums stay on the device until the end: one host sync per evaluation, not per batch.
     """
     model.eval()
-    totals: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(split), batch_size):
-        stop = min(start + batch_size, len(split))
-        batch = split.batch(split.index(start, stop), split.steps(torch.arange(start, stop)))
-        outputs = model(batch.inputs, batch.lengths)  # (T, B, O)
-        for name, (total, count) in task.metric_totals(outputs, batch).items():
-            acc = totals.setdefault(name, [0, 0])
-            acc[0], acc[1] = acc[0] + total.double(), acc[1] + count
-    return {name: float(total) / max(int(count), 1) for name, (total, count) in totals.items()}
+    return {name: float(value) for name, value in split.metric_totals(model, task, batch_size).items()}
 
 
 def input_noise(batch, index: torch.Tensor, seed, epoch, std) -> torch.Tensor:

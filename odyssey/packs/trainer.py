@@ -161,9 +161,7 @@ class PackTrainer:
     def remove(self, key: Hashable) -> None:
         """Take a member out (a scheduler stopped it); the others continue unchanged. Unknown
         keys are ignored."""
-        self._sync_out()
-        self._members = [m for m in self._members if m.key != key]
-        self._model = None
+        self._leave({key})
 
     # -- stacked tensors ----------------------------------------------------------------------
 
@@ -265,7 +263,7 @@ class PackTrainer:
         return events
 
     def _leave(self, keys: set) -> None:
-        """Members whose trials ended leave; the rest keep their state for the next build."""
+        """Members leave; the rest keep their state (copied out) for the next build."""
         self._sync_out()
         self._members = [m for m in self._members if m.key not in keys]
         self._model = None
@@ -335,17 +333,9 @@ class PackTrainer:
     @torch.no_grad()
     def _evaluate(self, split: str) -> dict[str, list[float]]:
         """Every member's metrics on a split, each batch shared by all members (one host sync)."""
-        data, model = self.data[split], self._model
         size = min(m.cfg.train.eval_batch_size for m in self._members)
-        totals: dict[str, list[torch.Tensor]] = {}
-        for start in range(0, len(data), size):
-            stop = min(start + size, len(data))
-            batch = data.batch(data.index(start, stop), data.steps(torch.arange(start, stop)))
-            outputs = model(batch.inputs, batch.lengths)  # (M, T, B, O): shared inputs
-            for name, (total, count) in self.task.metric_totals(outputs, batch).items():
-                acc = totals.setdefault(name, [0, 0])
-                acc[0], acc[1] = acc[0] + total.double(), acc[1] + count
-        return {name: (total / torch.clamp_min(torch.as_tensor(count), 1)).tolist() for name, (total, count) in totals.items()}
+        metrics = self.data[split].metric_totals(self._model, self.task, size)  # shared inputs: (M,) each
+        return {name: values.tolist() for name, values in metrics.items()}
 
 
 def _sgd_state_dict(cfg: TrialConfig, state: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor] | None) -> dict:

@@ -70,6 +70,7 @@ class PackExecutor:
         self.capacity, self.liveness_s = capacity, liveness_s
         self.trainer = PackTrainer(task.build(), device=resolve_device(device), dtype=DTYPES[dtype])
         self.slots: dict[str, _Slot] = {}
+        self.to_remove: set[str] = set()  # trainer members whose slot is gone (left, died, replaced)
         self.cond = threading.Condition()
         self.failure: str | None = None
         self.epochs_run = 0
@@ -94,7 +95,8 @@ class PackExecutor:
                 return False
             if old is not None:  # removed from the trainer by the loop; a next() still blocked on it ends
                 old.left, old.error = True, f"trial {trial_id} joined again (a retry) and replaced this membership"
-                self.slots[f"{trial_id}#replaced-{time.monotonic()}"] = self.slots.pop(trial_id)
+                if old.in_trainer:
+                    self.to_remove.add(trial_id)
             self.slots[trial_id] = _Slot(cfg, resume_from, proxy, checkpoint_every)
             self.cond.notify_all()
             return True
@@ -129,10 +131,7 @@ class PackExecutor:
 
     def _apply_membership(self) -> None:
         """Under the lock: drop the members that left, admit the new ones."""
-        for key in [k for k, s in self.slots.items() if s.left]:
-            slot = self.slots.pop(key)
-            if slot.in_trainer:
-                self.trainer.remove(key.split("#replaced-")[0])
+        self._drop_left()
         for key, slot in self.slots.items():
             if not slot.in_trainer:
                 self.trainer.add(key, slot.cfg, resume_from=slot.resume_from)
@@ -151,7 +150,7 @@ class PackExecutor:
             with self.cond:
                 while not self._ready():
                     self._check_liveness()
-                    self._apply_left_only()
+                    self._drop_left()
                     if self._ready():
                         break
                     self.cond.wait(timeout=self.liveness_s)
@@ -178,11 +177,14 @@ class PackExecutor:
                         slot.in_trainer = False  # the trainer let it go; its proxy leaves next
                 self.cond.notify_all()
 
-    def _apply_left_only(self) -> None:
+    def _drop_left(self) -> None:
+        """Under the lock: forget the slots that left and take their members out of the trainer."""
         for key in [k for k, s in self.slots.items() if s.left]:
-            slot = self.slots.pop(key)
-            if slot.in_trainer:
-                self.trainer.remove(key.split("#replaced-")[0])
+            if self.slots.pop(key).in_trainer:
+                self.to_remove.add(key)
+        for key in self.to_remove:
+            self.trainer.remove(key)
+        self.to_remove.clear()
 
     def _fail_new_members(self, exc: Exception) -> None:
         for slot in self.slots.values():

@@ -164,8 +164,9 @@ def train_in_pack(ctx: TrialContext, trial_id: str, cfg, state: dict | None, on_
             event = ray.get(joined.next.remote(trial_id))
             if event["report"] is not None:
                 r = event["report"]
-                ckpt = r["checkpoint"]
-                on_epoch(EpochReport(r["epoch"], r["metrics"], r["best_epoch"], r["improved"], lambda: ckpt, r["result"]))
+                on_epoch(EpochReport(
+                    r["epoch"], r["metrics"], r["best_epoch"], r["improved"], lambda ckpt=r["checkpoint"]: ckpt, r["result"]
+                ))  # fmt: skip
             if event["result"] is not None:
                 return event["result"]
     finally:  # also on the SystemExit with which Tune stops a trial (ASHA) inside tune.report

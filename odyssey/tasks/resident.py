@@ -69,6 +69,19 @@ class ResidentSplit:
 
         return Batch(gather(self.inputs), gather(self.targets), gather(self.mask), self.lengths[index])
 
-    def index(self, start: int, stop: int) -> torch.Tensor:
-        """The device index tensor of sequences ``start..stop-1`` (evaluation batches)."""
-        return torch.arange(start, stop, device=self.device)
+    def metric_totals(self, model, task, batch_size: int) -> dict[str, torch.Tensor]:
+        """``task``'s metrics of ``model`` over the whole split, pooled over its scored units.
+
+        The split goes through ``model(inputs, lengths)`` in order, ``batch_size`` sequences at a
+        time; the sums stay on the device (no host sync). A model's outputs (T, B, O) give scalar
+        metrics, a pack's (M, T, B, O) one value per member.
+        """
+        totals: dict[str, list] = {}
+        for start in range(0, self.size, batch_size):
+            stop = min(start + batch_size, self.size)
+            index = torch.arange(start, stop, device=self.device)
+            batch = self.batch(index, self.steps(torch.arange(start, stop)))
+            for name, (total, count) in task.metric_totals(model(batch.inputs, batch.lengths), batch).items():
+                acc = totals.setdefault(name, [0, 0])
+                acc[0], acc[1] = acc[0] + total.double(), acc[1] + count
+        return {name: total / torch.clamp_min(torch.as_tensor(count), 1) for name, (total, count) in totals.items()}
