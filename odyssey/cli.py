@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(getattr(importlib.import_module(module), func)(rest) or 0)
     except OdysseyError as exc:
         print(f"odyssey {name}: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"odyssey {name}: interrupted", file=sys.stderr)
         return 130

@@ -3,7 +3,9 @@ the CLI prints it without a stack trace."""
 
 
 class OdysseyError(Exception):
-    """Base class: an error the CLI reports as one line, exit code 2."""
+    """Base class: an error the CLI reports as one line, exit code ``exit_code`` (2: bad input)."""
+
+    exit_code = 2
 
 
 class ConfigError(OdysseyError, ValueError):

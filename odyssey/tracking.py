@@ -9,7 +9,9 @@ Run schema (the analysis reads it back, so it is part of the public contract):
   task's metrics.
 * final metrics: ``test/<metric>`` and ``best_val/<metric>`` at the best validation epoch,
   ``best_epoch``, ``epochs``.
-* tags: see the ``TAG_*`` constants; ``odyssey.status`` is one of ``STATUSES``.
+* tags: see the ``TAG_*`` constants; ``odyssey.status`` is one of ``ALL_STATUSES``: a final one
+  (``STATUSES``), ``running``, or ``interrupted`` (the sweep was stopped; ``resume=true`` continues
+  the run, and ``odyssey analyze`` leaves it out until then).
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ STATUS_STOPPED = "stopped_early"  # stopped by the scheduler (ASHA)
 STATUS_DIVERGED = "diverged"
 STATUS_FAILED = "failed"
 STATUS_RUNNING = "running"
-STATUSES = (STATUS_COMPLETED, STATUS_STOPPED, STATUS_DIVERGED, STATUS_FAILED)
+STATUS_INTERRUPTED = "interrupted"  # the sweep was stopped (signal, outage); resume=true continues it
+STATUSES = (STATUS_COMPLETED, STATUS_STOPPED, STATUS_DIVERGED, STATUS_FAILED)  # final: never trained again
+ALL_STATUSES = (*STATUSES, STATUS_INTERRUPTED, STATUS_RUNNING)
 
 SEARCHED_PARAMS = ("hidden_size", "lr", "momentum", "input_noise")
 
@@ -118,6 +122,8 @@ class MlflowTrialLogger:
             last = int(run.data.metrics.get("epochs_logged", 0))
             if run.info.status != "RUNNING":
                 client.update_run(run_id, status="RUNNING")
+            if run.data.tags.get(TAG_STATUS) != STATUS_RUNNING:  # e.g. interrupted, now resumed
+                client.set_tag(run_id, TAG_STATUS, STATUS_RUNNING)
             return cls(client, run_id, flush_every=flush_every, last_logged_epoch=last)
         all_tags = dict(tags)
         if parent_run_id:

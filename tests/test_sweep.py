@@ -311,13 +311,22 @@ def test_submit_to_job_server(tmp_path, mlflow_server, ray_cluster, monkeypatch,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("execution", ["single", "pack"])
-def test_interrupt_and_resume(tmp_path, mlflow_server, ray_cluster, execution):
-    """Kill the driver mid-sweep, resume: all trials, each once, every epoch logged once; with
-    one process per trial and with trial packs (2 members: members resume from checkpoints)."""
-    from odyssey.sweep.cli import sweep_main
+@pytest.mark.parametrize(
+    "how, execution", [("SIGKILL", "single"), ("SIGINT", "pack"), ("SIGTERM", "single")], ids=["kill", "int-pack", "term"]
+)
+def test_interrupt_and_resume(tmp_path, mlflow_server, ray_cluster, how, execution):
+    """Stop the driver mid-sweep, resume: all trials, each once, every epoch logged once.
 
-    name = f"resumed-{execution}"
+    * SIGKILL: the driver dies without any chance to clean up (its runs stay RUNNING);
+    * SIGINT (Ctrl-C) and SIGTERM (docker stop, systemd, Ray's job stop): the whole sweep stops,
+      the unfinished runs and the parent are marked interrupted (MLflow KILLED), the command says
+      how to resume and exits 128 + signal;
+    with one process per trial and with trial packs (2 members: members resume from checkpoints).
+    After the resume the parent's counts are true again (no stale trials/running)."""
+    from odyssey.sweep.cli import sweep_main
+    from odyssey.tracking import STATUS_INTERRUPTED
+
+    name = f"resumed-{how.lower()}-{execution}"
     overrides = [
         *tiny(tmp_path, name, variants=("vanilla",), samples=4, epochs=3),
         f"execution={execution}",
@@ -330,14 +339,31 @@ def test_interrupt_and_resume(tmp_path, mlflow_server, ray_cluster, execution):
     state = tmp_path / "ray_results" / name / "adding__vanilla"
     done = lambda: any(r.data.tags.get(TAG_STATUS) == STATUS_COMPLETED for r in trial_runs(mlflow_server, name))  # noqa: E731
     wait_for(lambda: done() and any(state.glob("experiment_state-*.json")), 180, "a finished trial", proc, log)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver dies without any chance to clean up
-    proc.wait(timeout=30)
+    os.killpg(proc.pid, getattr(signal, how)) if how == "SIGKILL" else os.kill(proc.pid, getattr(signal, how))
+    code = proc.wait(timeout=90)
+    output = log.read_text()
     before = trial_runs(mlflow_server, name)
     assert 1 <= len(before) <= 4
+    if how == "SIGKILL":
+        assert code == -signal.SIGKILL
+    else:
+        assert code == 128 + getattr(signal, how), output[-3000:]
+        assert f"interrupted ({how} received)" in output and "Resume with: odyssey sweep" in output, output[-3000:]
+        assert output.rstrip().endswith("resume=true"), output[-500:]
+        _, parents, _ = study_runs(mlflow_server, name)
+        (parent,) = parents
+        assert (parent.info.status, parent.data.tags[TAG_STATUS]) == ("KILLED", STATUS_INTERRUPTED)
+        statuses = Counter(r.data.tags[TAG_STATUS] for r in before)
+        assert set(statuses) <= {STATUS_COMPLETED, STATUS_INTERRUPTED}, statuses  # none left "running"
+        assert all(r.info.status == "KILLED" for r in before if r.data.tags[TAG_STATUS] == STATUS_INTERRUPTED)
+        assert parent.data.metrics["trials/interrupted"] == statuses[STATUS_INTERRUPTED]
+        assert parent.data.metrics["trials/completed"] == statuses[STATUS_COMPLETED]
 
     assert sweep_main([*overrides, "resume=true"]) == 0
     client, parents, trials = assert_study(mlflow_server, name, variants=["vanilla"], samples=4, epochs=3)
     assert len(parents) == 1
+    counts = {k: v for k, v in parents[0].data.metrics.items() if k.startswith("trials/")}
+    assert counts["trials/completed"] == 4 and counts["trials/running"] == counts["trials/interrupted"] == 0, counts
     # the runs that existed before the interruption were continued, not duplicated
     assert {r.info.run_id for r in before} <= {t.info.run_id for t in trials}
 

@@ -54,7 +54,7 @@ def main() -> None:  # ``python -m odyssey.sweep.cli``
         sys.exit(sweep_main(sys.argv[1:]))
     except OdysseyError as exc:
         print(f"odyssey sweep: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))
 
 
 if __name__ == "__main__":

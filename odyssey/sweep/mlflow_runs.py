@@ -15,7 +15,10 @@ from typing import Any
 
 from odyssey.errors import ServiceError
 from odyssey.tracking import (
+    ALL_STATUSES,
+    STATUS_INTERRUPTED,
     STATUS_RUNNING,
+    STATUSES,
     TAG_LOWER_IS_BETTER,
     TAG_PRIMARY_METRIC,
     TAG_ROLE,
@@ -104,6 +107,7 @@ def start_parent_run(
         if runs:
             run_id = runs[0].info.run_id
             mlf.update_run(run_id, status="RUNNING")
+            mlf.set_tag(run_id, TAG_STATUS, STATUS_RUNNING)
             return run_id
     all_tags = {
         TAG_ROLE: ROLE_SEARCH,
@@ -118,19 +122,51 @@ def start_parent_run(
     return run.info.run_id
 
 
-def finish_parent_run(uri: str, run_id: str, *, counts: dict[str, int], best: float | None, metric: str) -> None:
-    """Close a search's parent run with the trial counts by status and the best primary value."""
+def finish_parent_run(
+    uri: str, run_id: str, *, counts: dict[str, int], best: float | None, metric: str, interrupted: bool = False
+) -> None:
+    """Close a search's parent run with the trial counts by status and the best primary value.
+
+    Every status gets its count, zeros included, so a resumed search leaves no stale count behind
+    (``trials/running`` from an interrupted driver, say). An interrupted search ends ``KILLED``
+    with ``odyssey.status = interrupted``."""
     from mlflow.entities import Metric
 
     mlf = client(uri)
     now = int(time.time() * 1000)
-    metrics = [Metric(f"trials/{status}", float(n), now, 0) for status, n in counts.items()]
+    metrics = [Metric(f"trials/{status}", float(counts.get(status, 0)), now, 0) for status in ALL_STATUSES]
     if best is not None:
         metrics.append(Metric(f"best_val/{metric.split('/', 1)[-1]}", float(best), now, 0))
-    failed = counts.get("failed", 0)
     mlf.log_batch(run_id, metrics=metrics, tags=[])
-    mlf.set_tag(run_id, TAG_STATUS, "completed" if not failed else "completed_with_failures")
+    if interrupted:
+        mlf.set_tag(run_id, TAG_STATUS, STATUS_INTERRUPTED)
+        mlf.set_terminated(run_id, status="KILLED")
+        return
+    mlf.set_tag(run_id, TAG_STATUS, "completed" if not counts.get("failed", 0) else "completed_with_failures")
     mlf.set_terminated(run_id, status="FINISHED")
+
+
+def trial_runs(uri: str, experiment_id: str, parent_run_id: str) -> list:
+    """Every trial run of one search (the parent's children)."""
+    return client(uri).search_runs(
+        [experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'",
+        max_results=10_000,
+    )
+
+
+def mark_interrupted(uri: str, experiment_id: str, parent_run_id: str) -> int:
+    """Mark the search's trial runs that have no final status ``interrupted`` (MLflow ``KILLED``);
+    ``resume=true`` reopens them. Returns how many were marked."""
+    mlf = client(uri)
+    marked = 0
+    for run in trial_runs(uri, experiment_id, parent_run_id):
+        if run.data.tags.get(TAG_STATUS) in STATUSES:
+            continue
+        mlf.set_tag(run.info.run_id, TAG_STATUS, STATUS_INTERRUPTED)
+        mlf.set_terminated(run.info.run_id, status="KILLED")
+        marked += 1
+    return marked
 
 
 def find_trial_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str) -> Any | None:

@@ -23,9 +23,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from odyssey.errors import ConfigError, ServiceError
-from odyssey.sweep import mlflow_runs
+from odyssey.sweep import interrupts, mlflow_runs
 from odyssey.sweep.study import SearchPlan, SweepConfig
-from odyssey.tracking import STATUSES, TAG_ROLE, TAG_STATUS
+from odyssey.tracking import ALL_STATUSES, TAG_STATUS
 
 __all__ = ["SearchOutcome", "check_ray_address", "run_sweep"]
 
@@ -116,30 +116,42 @@ def run_sweep(sweep: SweepConfig) -> list[SearchOutcome]:
 
 def _run_searches(sweep: SweepConfig, experiment_id: str) -> list[SearchOutcome]:
     """The searches of the study, ``study.max_concurrent_searches`` at a time (null: all), so the
-    cluster does not idle at each search's tail. Each search is its own Tuner in its own thread
-    (Ray schedules all their trials on the cluster); Ctrl-C ends every one of them."""
-    from concurrent.futures import ThreadPoolExecutor, wait
+    cluster does not idle at each search's tail. Each search is its own Tuner in a worker thread
+    (Ray schedules all their trials on the cluster); the main thread waits and takes the stop
+    signals, which end every search (:mod:`odyssey.sweep.interrupts`)."""
+    from concurrent.futures import ThreadPoolExecutor
 
     plans = list(sweep.searches)
     workers = min(sweep.study.max_concurrent_searches or len(plans), len(plans))
-    if workers == 1:  # in the main thread: Tune's own Ctrl-C handling
-        return [_run_search(sweep, plan, experiment_id) for plan in plans]
     _thread_safe_tune_registries()
-    _STOP_ALL.clear()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="odyssey-search") as pool:
-        futures = [pool.submit(_run_search, sweep, plan, experiment_id) for plan in plans]
-        try:
-            return [f.result() for f in futures]
-        except KeyboardInterrupt:
-            print("stopping every search of the study (Ctrl-C)", flush=True)
-            _STOP_ALL.set()
-            for f in futures:
-                f.cancel()
-            wait(futures)
-            raise
+    interrupts.reset()
+    interrupts.install_tune_hook()
+    with interrupts.handle_stop_signals(resume_command(sweep)):
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="odyssey-search") as pool:
+            futures = [pool.submit(_run_search, sweep, plan, experiment_id) for plan in plans]
+            try:
+                outcomes = [f.result() for f in futures]
+            except BaseException:  # one search failed: end the others now, then report it
+                interrupts.request_stop("another search failed", 1)
+                raise
+    reason = interrupts.stop_reason()
+    if reason is not None:
+        why, code = reason
+        raise interrupts.SweepInterrupted(
+            f"study {sweep.study.name!r} interrupted ({why}); its unfinished trial runs are marked "
+            f"interrupted. Resume with: {resume_command(sweep)}",
+            exit_code=code,
+        )
+    return outcomes
 
 
-_STOP_ALL = threading.Event()  # set on Ctrl-C while searches run in threads (no signals there)
+def resume_command(sweep: SweepConfig) -> str:
+    """The command that continues this sweep (the same overrides, plus ``resume=true``)."""
+    import shlex
+
+    kept = [o for o in sweep.overrides if not o.startswith(("resume=", "+resume="))]
+    command = "odyssey submit" if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") else "odyssey sweep"
+    return " ".join([command, *map(shlex.quote, kept), "resume=true"])
 
 
 def _thread_safe_tune_registries() -> None:
@@ -172,17 +184,6 @@ def _locked(fn):
     return wrapper
 
 
-class _StopAllSearches:
-    """A Tune stopper (duck-typed) that ends a search when the driver is interrupted. It holds no
-    state, so it pickles into the experiment (``Tuner.restore``) as it is."""
-
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        return False
-
-    def stop_all(self) -> bool:
-        return _STOP_ALL.is_set()
-
-
 def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> SearchOutcome:
     from ray import tune
 
@@ -190,6 +191,8 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
     from odyssey.sweep.trainable import TrialContext, run_trial
 
     study = sweep.study
+    if interrupts.stop_requested():  # stopped before this search's turn: it starts on resume
+        return SearchOutcome(plan.task, plan.variant, parent_run_id="")
     packs = sweep.execution.packs if sweep.execution.mode == "pack" else 0
     concurrency = study.max_concurrent_trials
     executors = None
@@ -256,7 +259,6 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
             run_config=tune.RunConfig(
                 name=path.name,
                 storage_path=str(path.parent),
-                stop=_stop_all_searches(),
                 failure_config=tune.FailureConfig(max_failures=study.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 callbacks=[
@@ -275,9 +277,13 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
             from odyssey.sweep.pack_executor import stop_executors
 
             stop_executors(*executors)
+    interrupted = interrupts.stop_requested()
+    if interrupted:
+        marked = mlflow_runs.mark_interrupted(sweep.tracking_uri, experiment_id, parent)
+        print(f"[{plan.task}/{plan.variant}] interrupted: {marked} unfinished trial run(s) marked interrupted", flush=True)
     outcome = _outcome(sweep, plan, experiment_id, parent)
     mlflow_runs.finish_parent_run(
-        sweep.tracking_uri, parent, counts=outcome.counts, best=outcome.best, metric=plan.metric
+        sweep.tracking_uri, parent, counts=outcome.counts, best=outcome.best, metric=plan.metric, interrupted=interrupted
     )
     return outcome
 
@@ -292,12 +298,6 @@ def _search_trainable(plan: SearchPlan, run_trial):
 
     trainable.__name__ = trainable.__qualname__ = f"odyssey_{plan.key}"
     return trainable
-
-
-def _stop_all_searches():
-    from ray import tune
-
-    return type("StopAllSearches", (_StopAllSearches, tune.Stopper), {})()
 
 
 def _search_path(sweep: SweepConfig, plan: SearchPlan) -> Path:
@@ -357,12 +357,8 @@ def _runtime_env() -> dict | None:
 
 def _outcome(sweep: SweepConfig, plan: SearchPlan, experiment_id: str, parent: str) -> SearchOutcome:
     """Counts by status, read back from MLflow (the system of record), and the best value."""
-    runs = mlflow_runs.client(sweep.tracking_uri).search_runs(
-        [experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and tags.`{TAG_ROLE}` = 'trial'",
-        max_results=10_000,
-    )
-    counts = {s: 0 for s in STATUSES}
+    runs = mlflow_runs.trial_runs(sweep.tracking_uri, experiment_id, parent)
+    counts = {s: 0 for s in ALL_STATUSES}
     best = None
     key = f"best_val/{plan.primary_metric}"
     for run in runs:
