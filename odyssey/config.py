@@ -9,10 +9,16 @@ the bad value and the valid choices.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import numbers
 import os
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -28,10 +34,14 @@ __all__ = [
     "TrainConfig",
     "TrackingConfig",
     "TrialConfig",
+    "check_device_available",
+    "check_fields",
+    "check_type",
     "compose",
     "config_dir",
     "trial_config",
     "typed",
+    "valid_top_level_keys",
 ]
 
 
@@ -45,6 +55,7 @@ class ModelConfig:
     init_std: float = 0.1  # weights ~ N(0, init_std^2), as in the paper
 
     def __post_init__(self) -> None:
+        check_fields(self, "model")
         _check(self.hidden_size >= 1, "model.hidden_size", self.hidden_size, "an integer >= 1")
         _check(self.num_layers >= 1, "model.num_layers", self.num_layers, "an integer >= 1")
         _check(self.init_std > 0, "model.init_std", self.init_std, "a float > 0")
@@ -71,6 +82,7 @@ class TrainConfig:
     dtype: str = "float32"  # float32 | float64 (weights, activations, data)
 
     def __post_init__(self) -> None:
+        check_fields(self, "train")
         _check(self.lr > 0, "train.lr", self.lr, "a float > 0")
         _check(0 <= self.momentum < 1, "train.momentum", self.momentum, "a float in [0, 1)")
         _check(self.input_noise >= 0, "train.input_noise", self.input_noise, "a float >= 0")
@@ -81,7 +93,7 @@ class TrainConfig:
         _check(
             self.clip_norm is None or self.clip_norm > 0, "train.clip_norm", self.clip_norm, "null or a float > 0"
         )
-        ok_device = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+        ok_device = self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device) is not None
         _check(ok_device, "train.device", self.device, "auto, cpu, cuda or cuda:N")
         _check(
             self.loss_reduction in LOSS_REDUCTIONS, "train.loss_reduction", self.loss_reduction,
@@ -97,6 +109,9 @@ class TrackingConfig:
     uri: str | None = None
     experiment: str = "odyssey"
     enabled: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self, "tracking")
 
     def resolved_uri(self, root: Path) -> str:
         if self.uri:
@@ -115,6 +130,9 @@ class TrialConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seed", check_type("seed", self.seed, int))
 
     def replace(self, **sections: Any) -> "TrialConfig":
         """Return a copy with fields of sections replaced, e.g. ``replace(train={"lr": 0.1})``."""
@@ -141,6 +159,107 @@ class TrialConfig:
 
 
 # --------------------------------------------------------------------------------------------
+# Strict field types: every config dataclass checks its own fields against its type hints, so
+# that values from YAML, the command line, a search space or ``replace()`` are checked alike.
+
+
+def check_fields(config: Any, section: str) -> None:
+    """Check every field of the frozen config dataclass ``config`` against its type hint (see
+    :func:`check_type`), storing the normalised value (an int given for a float becomes a float).
+
+    Call it first in ``__post_init__``; ``section`` prefixes the key in errors (``train.lr``).
+    """
+    for name, hint in _field_hints(type(config)).items():
+        object.__setattr__(config, name, check_type(f"{section}.{name}", getattr(config, name), hint))
+
+
+def check_type(key: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against the type ``hint``, or one ConfigError naming key, value and type.
+
+    Booleans are real booleans (not ``"no"``, ``"yes"`` or ``1``); integers are not booleans or
+    floats; floats (ints accepted) and any other number are finite; strings are strings; ``list[X]``
+    checks each item; ``X | None`` also accepts null; a config dataclass accepts a mapping of its
+    fields (:func:`typed`).
+
+    Example:
+        >>> check_type("train.lr", 1, float)
+        1.0
+        >>> check_type("resume", "no", bool)
+        Traceback (most recent call last):
+        ...
+        odyssey.errors.ConfigError: resume='no' is invalid: expected true or false
+    """
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check_value(key, value, inner, "null or ")
+    return _check_value(key, value, hint, "")
+
+
+def _check_value(key: str, value: Any, hint: Any, prefix: str) -> Any:
+    def need(ok: bool, expected: str) -> None:
+        _check(ok, key, value, prefix + expected)
+
+    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is bool:
+        need(isinstance(value, bool), "true or false")
+        return value
+    if hint is int:
+        need(is_number and isinstance(value, numbers.Integral), "an integer")
+        return int(value)
+    if hint is float:
+        need(is_number, "a float")
+        need(math.isfinite(value), "a finite float")
+        return float(value)
+    if hint is str:
+        need(isinstance(value, str), "a string")
+        return value
+    if typing.get_origin(hint) is list:
+        need(isinstance(value, (list, tuple)), "a list")
+        (item,) = typing.get_args(hint)
+        return [check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        need(isinstance(value, Mapping), f"a mapping of {', '.join(f.name for f in dataclasses.fields(hint))}")
+        return typed(value, hint, key)
+    need(not is_number or math.isfinite(value), "a finite number")  # Any: the field checks the rest
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _field_hints(schema: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(schema)
+    return {f.name: hints[f.name] for f in dataclasses.fields(schema)}
+
+
+def check_device_available(device: str, *, cuda_devices: int, where: str = "this machine") -> None:
+    """Refuse a ``train.device`` that ``where`` cannot give: ``cuda`` without a CUDA device, or
+    ``cuda:N`` with ``cuda_devices <= N``. ``auto`` and ``cpu`` are always available.
+
+    Example:
+        >>> check_device_available("cuda:0", cuda_devices=1)
+        >>> check_device_available("cuda", cuda_devices=0)
+        Traceback (most recent call last):
+        ...
+        odyssey.errors.ConfigError: train.device='cuda' is invalid: CUDA is not available on this machine; valid here: auto, cpu
+    """
+    valid = ["auto", "cpu"]
+    if cuda_devices > 0:
+        valid += ["cuda"] + [f"cuda:{i}" for i in range(cuda_devices)]
+    if device in valid:
+        return
+    if cuda_devices > 0:
+        reason = f"{where} has {cuda_devices} CUDA device(s)"
+        shown = valid if cuda_devices <= 4 else valid[:4] + [f"... cuda:{cuda_devices - 1}"]
+    else:
+        reason, shown = f"CUDA is not available on {where}", valid
+    raise ConfigError(f"train.device={device!r} is invalid: {reason}; valid here: {', '.join(shown)}")
+
+
+# --------------------------------------------------------------------------------------------
 # Composition
 
 
@@ -157,7 +276,32 @@ def config_dir() -> Path:
 
 
 def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with Hydra overrides; errors become ConfigError."""
+    """Compose ``conf/<config_name>.yaml`` with Hydra overrides. Hydra's errors, malformed YAML
+    and top-level keys the config does not have (``+foo=1``) become one-line ConfigErrors."""
+    cfg = _hydra_compose(config_dir(), config_name, tuple(overrides))
+    valid = valid_top_level_keys(config_name)
+    unknown = sorted(set(cfg) - valid)
+    if unknown:
+        raise ConfigError(
+            f"unknown top-level key(s) {unknown} in the {config_name!r} config; valid top-level keys: {sorted(valid)}"
+        )
+    return cfg
+
+
+def valid_top_level_keys(config_name: str) -> frozenset[str]:
+    """The top-level keys of ``conf/<config_name>.yaml`` composed without overrides: its own keys
+    and the node of each group in its defaults list (optional groups such as ``experiment`` and
+    ``resources`` write into these nodes, never new ones)."""
+    return _default_top_level_keys(config_dir(), config_name)
+
+
+@functools.lru_cache(maxsize=16)
+def _default_top_level_keys(directory: Path, config_name: str) -> frozenset[str]:
+    return frozenset(_hydra_compose(directory, config_name, ()))
+
+
+def _hydra_compose(directory: Path, config_name: str, overrides: tuple[str, ...]) -> DictConfig:
+    import yaml
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -165,20 +309,41 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
 
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+        with initialize_config_dir(config_dir=str(directory), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_message(exc)) from None
     except HydraException as exc:
-        raise ConfigError(_hydra_message(exc)) from None
+        if isinstance(exc.__cause__, yaml.YAMLError):
+            raise ConfigError(_yaml_message(exc.__cause__)) from None
+        raise ConfigError(_hydra_message(exc, config_name)) from None
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"invalid config: {exc}") from None
-    return cfg
+        raise ConfigError(f"invalid config: {_first_line(exc)}") from None
 
 
-def _hydra_message(exc: Exception) -> str:
+def _yaml_message(exc: Exception) -> str:
+    """A YAML parser error as one line: the file, the line and the parser's problem, e.g.
+    ``malformed YAML in conf/x.yaml, line 4, column 1: expected ',' or ']', but got '<stream end>'
+    (while parsing a flow sequence started at line 3)``."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or _first_line(exc)
+    if mark is None:
+        return f"malformed YAML: {problem}"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context:
+        started = f" started at line {context_mark.line + 1}" if context_mark is not None else ""
+        problem = f"{problem} ({context}{started})"
+    return f"malformed YAML in {mark.name}, line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(getattr(exc, "msg", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _hydra_message(exc: Exception, config_name: str) -> str:
     """Hydra's error as one readable line: unknown group options list the valid ones, unknown
-    keys list the valid keys of their section."""
-    import re
-
+    keys list the valid keys of their section (or the valid top-level keys)."""
     text = str(exc).strip()
     missing = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
     if missing:
@@ -193,24 +358,26 @@ def _hydra_message(exc: Exception) -> str:
         if section in schema:
             names = sorted(f.name for f in dataclasses.fields(schema[section]))
             return f"unknown key {key!r}; valid keys of '{section}': {', '.join(names)}"
+        if "." not in key:
+            return f"unknown top-level key {key!r}; valid top-level keys: {sorted(valid_top_level_keys(config_name))}"
         return f"unknown key {key!r} (use +{key}=... only to add a key the schema knows)"
     return text.splitlines()[0] if text else type(exc).__name__
 
 
 def typed(node: Any, schema: type, key: str) -> Any:
-    """Merge a config node onto a dataclass schema; unknown keys and wrong types fail here."""
+    """The config dataclass ``schema`` from a config node: unknown keys fail here, and wrong
+    types and bad values in the dataclass itself (:func:`check_fields`)."""
     if node is None:
         node = {}
-    container = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    try:
+        container = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot resolve '{key}': {_first_line(exc)}") from None
     names = {f.name for f in dataclasses.fields(schema)}
     unknown = sorted(set(container) - names)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in '{key}'; valid keys: {sorted(names)}")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), container)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"bad value in '{key}': {exc.msg if hasattr(exc, 'msg') else exc}") from None
-    return schema(**OmegaConf.to_container(merged, resolve=True))
+    return schema(**container)
 
 
 def trial_config(cfg: DictConfig) -> TrialConfig:
@@ -220,14 +387,12 @@ def trial_config(cfg: DictConfig) -> TrialConfig:
         task = task_config_from_mapping(_container(cfg, "task"))
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc)) from None
-    seed = cfg.get("seed", 0)
-    _check(isinstance(seed, int), "seed", seed, "an integer")
     return TrialConfig(
         variant=variant,
         task=task,
         model=typed(cfg.get("model"), ModelConfig, "model"),
         train=typed(cfg.get("train"), TrainConfig, "train"),
-        seed=int(seed),
+        seed=cfg.get("seed", 0),
     )
 
 
@@ -238,4 +403,4 @@ def _container(cfg: DictConfig, key: str) -> dict:
     try:
         return OmegaConf.to_container(node, resolve=True)
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"cannot resolve '{key}': {exc}") from None
+        raise ConfigError(f"cannot resolve '{key}': {_first_line(exc)}") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from odyssey.config import TrackingConfig, compose, trial_config, typed
+from odyssey.config import TrackingConfig, check_device_available, compose, trial_config, typed
 from odyssey.errors import ServiceError
 from odyssey.tasks import build_task
 from odyssey.tracking import (
@@ -30,6 +30,7 @@ def main(argv: list[str]) -> int:
     cfg = compose("train", argv)
     trial = trial_config(cfg)
     tracking = typed(cfg.get("tracking"), TrackingConfig, "tracking")
+    check_device_available(trial.train.device, cuda_devices=_cuda_devices())
     task = build_task(trial.task)  # data errors surface here, before a run is created
     logger = None
     if tracking.enabled:
@@ -47,6 +48,13 @@ def main(argv: list[str]) -> int:
     summary = ", ".join(f"{k}={v:.6g}" for k, v in result.final_metrics().items())
     print(f"{trial.variant.label()} on {trial.task.name}: {result.status} ({result.stop_reason}); {summary}")
     return 0
+
+
+def _cuda_devices() -> int:
+    """The CUDA devices this process can use (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _start_logger(uri: str, experiment: str, trial, task) -> MlflowTrialLogger:

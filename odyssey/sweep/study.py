@@ -7,7 +7,8 @@
 * the study keys and their types (unknown keys fail, with the valid ones);
 * every task and variant name (against ``conf/task`` and ``conf/variant``);
 * every (task, variant) trial config, composed with ``variant=<v> task=<t>`` and the user's
-  overrides, and each search-space bound applied to it (so ``train.lr`` low = 0 fails here).
+  overrides, and each search-space bound applied to it (so ``train.lr`` low = 0 fails here);
+* the storage path: it must be, or be creatable as, a writable directory.
 
 Example:
     >>> sweep = load_sweep(["experiment=quickstart", "study.num_samples=2"])  # doctest: +SKIP
@@ -18,19 +19,31 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from odyssey.config import TrackingConfig, TrialConfig, compose, config_dir, trial_config, typed
+from odyssey.config import (
+    TrackingConfig,
+    TrialConfig,
+    check_fields,
+    check_type,
+    compose,
+    config_dir,
+    trial_config,
+    typed,
+)
 from odyssey.errors import ConfigError, OdysseyError
 from odyssey.errors import require as _check
 from odyssey.sweep.search_space import SearchSpace, translate
 
 __all__ = [
     "ExecutionConfig",
+    "RayConfig",
     "ResourcesConfig",
     "SchedulerConfig",
     "SearchConfig",
@@ -58,6 +71,7 @@ class SearchConfig:
     n_startup_trials: int = 10  # tpe: random trials before TPE models the space
 
     def __post_init__(self) -> None:
+        check_fields(self, "search")
         _check(self.name in SEARCHES, "search.name", self.name, f"one of {list(SEARCHES)}")
         _check(self.n_startup_trials >= 1, "search.n_startup_trials", self.n_startup_trials, "an integer >= 1")
 
@@ -72,6 +86,7 @@ class SchedulerConfig:
     max_t: int | None = None  # asha: the epoch budget; null = train.max_epochs
 
     def __post_init__(self) -> None:
+        check_fields(self, "scheduler")
         _check(self.name in SCHEDULERS, "scheduler.name", self.name, f"one of {list(SCHEDULERS)}")
         _check(self.grace_period >= 1, "scheduler.grace_period", self.grace_period, "an integer >= 1")
         _check(self.reduction_factor > 1, "scheduler.reduction_factor", self.reduction_factor, "a float > 1")
@@ -90,6 +105,7 @@ class ExecutionConfig:
     gpu: float | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self, "execution")
         _check(self.mode in EXECUTION_MODES, "execution.mode", self.mode, f"one of {list(EXECUTION_MODES)}")
         ok = self.members == "auto" or (isinstance(self.members, int) and not isinstance(self.members, bool) and self.members >= 1)
         _check(ok, "execution.members", self.members, "an integer >= 1 or auto")
@@ -117,6 +133,7 @@ class ResourcesConfig:
     gpu: float = 0.0
 
     def __post_init__(self) -> None:
+        check_fields(self, "study.resources_per_trial")
         _check(self.cpu > 0, "study.resources_per_trial.cpu", self.cpu, "a number > 0")
         _check(self.gpu >= 0, "study.resources_per_trial.gpu", self.gpu, "a number >= 0")
         _check(
@@ -142,6 +159,7 @@ class StudyConfig:
     progress_interval_s: float = 10.0  # seconds between progress lines
 
     def __post_init__(self) -> None:
+        check_fields(self, "study")
         _check(bool(self.name) and "/" not in self.name, "study.name", self.name, "a non-empty name without '/'")
         _check(len(self.tasks) > 0, "study.tasks", self.tasks, "a non-empty list of task names")
         _check(len(self.variants) > 0, "study.variants", self.variants, "a non-empty list of variant names")
@@ -160,6 +178,17 @@ class StudyConfig:
         for key in ("tasks", "variants"):
             dupes = sorted({v for v in getattr(self, key) if getattr(self, key).count(v) > 1})
             _check(not dupes, f"study.{key}", getattr(self, key), f"a list without duplicates (repeated: {dupes})")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """The ``ray`` section: the cluster to run on and the job server of ``odyssey submit``."""
+
+    address: str | None = None  # null: $RAY_ADDRESS or the Ray job's cluster, else a local runtime
+    job_server: str | None = None  # null: $RAY_ADDRESS, e.g. http://HEAD:8265
+
+    def __post_init__(self) -> None:
+        check_fields(self, "ray")
 
 
 @dataclass(frozen=True)
@@ -210,6 +239,8 @@ def load_sweep(overrides: Sequence[str], *, cwd: Path | None = None) -> SweepCon
     overrides = list(overrides)
     cwd = (cwd or Path.cwd()).resolve()
     cfg = compose("sweep", overrides)
+    resume = check_type("resume", cfg.get("resume", False), bool)
+    seed = check_type("seed", cfg.get("seed", 0), int)
     study = _study(cfg)
     search = typed(cfg.get("search"), SearchConfig, "search")
     scheduler = typed(cfg.get("scheduler"), SchedulerConfig, "scheduler")
@@ -231,8 +262,10 @@ def load_sweep(overrides: Sequence[str], *, cwd: Path | None = None) -> SweepCon
             searches.append(SearchPlan(task, variant, base, metric, lower))
 
     tracking = typed(cfg.get("tracking"), TrackingConfig, "tracking")
-    ray_cfg = cfg.get("ray") or {}
+    ray_cfg = typed(cfg.get("ray"), RayConfig, "ray")
     storage = Path(study.storage_path).expanduser() if study.storage_path else cwd / "ray_results"
+    storage = (cwd / storage).resolve() if not storage.is_absolute() else storage.resolve()
+    _check_writable_dir(storage, study.storage_path)
     return SweepConfig(
         study=study,
         search=search,
@@ -241,26 +274,22 @@ def load_sweep(overrides: Sequence[str], *, cwd: Path | None = None) -> SweepCon
         space=space,
         searches=tuple(searches),
         tracking_uri=tracking.resolved_uri(cwd),
-        ray_address=ray_cfg.get("address") or None,
-        storage_path=(cwd / storage).resolve() if not storage.is_absolute() else storage.resolve(),
-        seed=int(cfg.get("seed", 0)),
-        resume=bool(cfg.get("resume", False)),
+        ray_address=ray_cfg.address or None,
+        storage_path=storage,
+        seed=seed,
+        resume=resume,
         overrides=tuple(overrides),
     )
 
 
 def _study(cfg: DictConfig) -> StudyConfig:
-    node = cfg.get("study")
-    if node is None:
-        raise ConfigError("the sweep config has no 'study' section (compose conf/sweep.yaml)")
-    raw = OmegaConf.to_container(node, resolve=True)
+    raw = _container(cfg, "study")
     for key in ("tasks", "variants"):  # accept `study.tasks=adding` as a one-element list
         if isinstance(raw.get(key), str):
             raw[key] = [raw[key]]
-    resources = raw.pop("resources_per_trial", None)
-    study = typed(raw, StudyConfig, "study")
-    res = typed(resources or {}, ResourcesConfig, "study.resources_per_trial")
-    return StudyConfig(**{**study.__dict__, "resources_per_trial": res})
+    if raw.get("resources_per_trial") is None:
+        raw.pop("resources_per_trial", None)
+    return typed(raw, StudyConfig, "study")  # resources_per_trial: a ResourcesConfig (check_fields)
 
 
 def _check_names(group: str, names: Sequence[str]) -> None:
@@ -285,6 +314,40 @@ def _check_space_against(space: SearchSpace, base: TrialConfig, task: str, varia
             ) from None
 
 
+def _check_writable_dir(path: Path, setting: str | None) -> None:
+    """``path`` must be a writable directory or creatable as one: check by creating what is missing
+    and a probe file in it, then removing them all (Ray creates the directory when it starts).
+
+    Raises:
+        ConfigError: naming ``study.storage_path``, the directory and the OS's reason.
+    """
+    missing = []
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        missing.append(ancestor)
+        ancestor = ancestor.parent
+    created: list[Path] = []
+    try:
+        for directory in reversed(missing):  # the outermost first
+            step = f"cannot create {directory}"
+            directory.mkdir()
+            created.append(directory)
+        step = f"cannot write in {path}"
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            f"study.storage_path={setting!r} is invalid: {step}: {reason}; expected a writable directory"
+        ) from None
+    finally:
+        for directory in reversed(created):  # the innermost first
+            try:
+                directory.rmdir()
+            except OSError:
+                pass  # something else wrote there meanwhile: leave it
+
+
 def _task_meta(base: TrialConfig) -> tuple[str, bool]:
     """The task's primary metric and direction (builds the task once: this also checks its data)."""
     try:
@@ -300,4 +363,7 @@ def _container(cfg: DictConfig, key: str) -> Any:
     node = cfg.get(key)
     if node is None:
         raise ConfigError(f"the sweep config has no '{key}' section")
-    return OmegaConf.to_container(node, resolve=True)
+    try:
+        return OmegaConf.to_container(node, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot resolve '{key}': {str(exc).splitlines()[0]}") from None
