@@ -312,6 +312,7 @@ def study_uri(mlflow_server) -> str:
     rng = np.random.default_rng(42)
     groups = {("adding", v): _trials(rng, 30, s) for v, s in VARIANT_SHIFT.items()}
     groups[("adding", "nfg")] += _trials(rng, 1, 1.0, "diverged") + _trials(rng, 1, 1.0, "stopped_early") + _trials(rng, 1, 1.0, "failed")
+    groups[("adding", "nfg")] += _trials(rng, 1, 1.0, "interrupted")  # has metrics, must still be left out
     _log_study(mlflow_server, "synthetic", groups)
     _log_study(mlflow_server, "tiny", {("adding", "vanilla"): _trials(rng, 3, 0), ("adding", "nfg"): _trials(rng, 1, 0)})
     _log_study(mlflow_server, "novanilla", {("adding", "nfg"): _trials(rng, 12, 0), ("adding", "cifg"): _trials(rng, 12, 0)})
@@ -352,7 +353,8 @@ def test_analyze_end_to_end(study_uri, tmp_path, capsys):
     assert top.loc["vanilla", "n"] == 3 and bool(top.loc["nfg", "significant"])
 
     counts = pd.read_csv(out / "counts.csv").set_index("variant")
-    assert counts.loc["nfg", ["trials", "diverged", "stopped_early", "failed", "in_fanova", "in_ttest"]].tolist() == [33, 1, 1, 1, 30, 31]
+    columns = ["trials", "diverged", "stopped_early", "failed", "interrupted", "in_fanova", "in_ttest"]
+    assert counts.loc["nfg", columns].tolist() == [34, 1, 1, 1, 1, 30, 31]
 
     fa = pd.read_csv(out / "fanova.csv")
     for variant in VARIANT_SHIFT:
@@ -371,9 +373,9 @@ def test_analyze_end_to_end(study_uri, tmp_path, capsys):
     assert all(h["lower"] < h["upper"] for h in cs["hyperparameters"])
     history = [json.loads(line) for line in (dc / "history.jsonl").read_text().splitlines()]
     configs = json.loads((dc / "configs.json").read_text())
-    assert len(history) == len(configs) == 33
+    assert len(history) == len(configs) == 34
     assert all(len(h) == 8 and str(h[0]) in configs for h in history)
-    assert sorted({h[6] for h in history}) == [1, 4, 5]  # success, crashed (diverged/failed), aborted
+    assert sorted({h[6] for h in history}) == [1, 4, 5]  # success, crashed (diverged/failed), aborted (stopped/interrupted)
     meta = json.loads((dc / "meta.json").read_text())
     assert [o["name"] for o in meta["objectives"]] == ["test/mse", "val/mse"] and meta["objectives"][0]["optimize"] == "lower"
 

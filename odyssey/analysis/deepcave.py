@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from odyssey.tracking import STATUS_COMPLETED, STATUS_STOPPED
+from odyssey.tracking import STATUS_COMPLETED, STATUS_INTERRUPTED, STATUS_STOPPED
 
 STATUS_SUCCESS, STATUS_CRASHED, STATUS_ABORTED = 1, 4, 5
 FILES = ("configspace.json", "configs.json", "origins.json", "meta.json", "history.jsonl")
@@ -107,7 +107,8 @@ def export_deepcave(trials: pd.DataFrame, out_dir: Path) -> list[Path]:
             seed = int(row.seed) if math.isfinite(row.seed) else 0
             seeds.add(seed)
             ok = row.status == STATUS_COMPLETED
-            status = STATUS_SUCCESS if ok else STATUS_ABORTED if row.status == STATUS_STOPPED else STATUS_CRASHED
+            cut_short = row.status in (STATUS_STOPPED, STATUS_INTERRUPTED)  # not the trial's fault
+            status = STATUS_SUCCESS if ok else STATUS_ABORTED if cut_short else STATUS_CRASHED
             costs = [_finite(row.test), _finite(row.val)] if ok else [None, None]
             additional = {"mlflow_run_id": row.run_id, "odyssey_status": row.status}
             end = max(row.end_time, row.start_time)  # a run still open has no end time (0)

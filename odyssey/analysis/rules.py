@@ -9,8 +9,9 @@
   "false"; trials without the tag count as full). Diverged trials are left out and counted:
   their constant worst value would make the forest model where training diverges rather than
   how the metric depends on the hyperparameters.
-* Trials stopped early by the scheduler (``stopped_early``), ``failed`` and still ``running``
-  trials are left out of both and counted.
+* Trials stopped early by the scheduler (``stopped_early``), ``failed``, ``interrupted`` (the
+  sweep was stopped; ``resume=true`` finishes them) and still ``running`` trials are left out
+  of both and counted.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ import numpy as np
 import pandas as pd
 
 from odyssey.analysis.study import COORDINATES
-from odyssey.tracking import STATUS_COMPLETED, STATUS_DIVERGED, STATUS_FAILED, STATUS_RUNNING, STATUS_STOPPED
+from odyssey.tracking import (
+    ALL_STATUSES,
+    STATUS_COMPLETED,
+    STATUS_DIVERGED,
+    STATUS_FAILED,
+    STATUS_INTERRUPTED,
+    STATUS_RUNNING,
+    STATUS_STOPPED,
+)
 
 RULES = [
     "Variant comparison (Welch t-test, p < 0.05, and box plots): trials that completed or "
@@ -28,8 +37,8 @@ RULES = [
     "subset is the best 10% of each group's trials by validation metric.",
     "fANOVA: only completed trials that ran their full budget; diverged trials are left out "
     "(their constant worst value would dominate the variance) and counted.",
-    "Trials stopped early by the scheduler, failed trials and trials still running are left "
-    "out of both analyses and counted.",
+    "Trials stopped early by the scheduler, failed trials, interrupted trials (resume the sweep "
+    "to finish them) and trials still running are left out of both analyses and counted.",
 ]
 
 
@@ -63,8 +72,9 @@ def count_table(trials: pd.DataFrame) -> pd.DataFrame:
                 "stopped_early": int((st == STATUS_STOPPED).sum()),
                 "diverged": int((st == STATUS_DIVERGED).sum()),
                 "failed": int((st == STATUS_FAILED).sum()),
+                "interrupted": int((st == STATUS_INTERRUPTED).sum()),
                 "running": int((st == STATUS_RUNNING).sum()),
-                "other": int((~st.isin([STATUS_COMPLETED, STATUS_STOPPED, STATUS_DIVERGED, STATUS_FAILED, STATUS_RUNNING])).sum()),
+                "other": int((~st.isin(ALL_STATUSES)).sum()),
                 "in_ttest": int(g["_tt"].sum()),
                 "in_fanova": int(g["_fa"].sum()),
             }
