@@ -4,7 +4,8 @@ The job server is the head node's dashboard address (``http://HEAD:8265``), take
 ``--address``, the ``ray.job_server`` config value or ``$RAY_ADDRESS`` (Ray's own convention).
 
 ``odyssey submit [jobs/<name>.yaml] [overrides]`` ships the project (``working_dir`` = the
-repository root, without venvs, .git, MLflow stores or Ray results) and runs
+repository root, without secrets (.env), venvs, .git, MLflow stores, Ray results, analysis output
+or what its .gitignore and .rayignore list: see ``EXCLUDES``) and runs
 ``python -m odyssey.sweep.cli <overrides>`` on the cluster. ``jobs/*.yaml`` are plain Ray runtime
 environments, so the same file works with Ray's CLI::
 
@@ -33,9 +34,16 @@ from odyssey.errors import ConfigError, ServiceError
 
 __all__ = ["jobs_main", "logs_main", "project_runtime_env", "stop_main", "submit_main"]
 
+# Never uploaded with a job, whatever the project's .gitignore says (Ray reads .gitignore only while
+# RAY_RUNTIME_ENV_IGNORE_GITIGNORE is not 1). Ray itself adds its default excludes (.git, .venv, venv,
+# __pycache__) and the patterns of every .gitignore and .rayignore it finds in the tree, so a
+# project's own extra excludes go in a .rayignore at its root. Patterns are gitwildmatch, relative to
+# working_dir; a leading "/" anchors one at the root: "/analysis" is `odyssey analyze`'s output folder,
+# while "analysis" would also drop the odyssey/analysis package.
 EXCLUDES = [
-    ".git", "venv", ".venv", "**/__pycache__", "*.pyc", ".pytest_cache", "mlruns", "mlruns.db", "*.db",
-    "mlartifacts", "ray_results", "outputs", "multirun", "data", "*.egg-info", "build", "dist",
+    ".env", ".env.*",                                       # secrets
+    ".git", "venv", ".venv", "**/__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", "/build", "/dist",
+    "mlruns*", "*.db", "mlartifacts", "ray_results", "/analysis", "/outputs", "/multirun", "/data",
 ]  # fmt: skip
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -50,8 +58,15 @@ def project_root() -> Path:
     return root
 
 
-def project_runtime_env(*, job_file: Path | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
-    """The job's runtime env: the job file's (if any), the project as working_dir, excludes, env vars."""
+def project_runtime_env(
+    *, job_file: Path | None = None, tracking_uri: str | None = None, root: Path | None = None
+) -> dict[str, Any]:
+    """The job's runtime env: the job file's (if any), the project as working_dir, excludes, env vars.
+
+    ``root`` is the project to ship (default: :func:`project_root`). Ray uploads ``working_dir``
+    less ``excludes`` (these and the job file's), its own defaults and what the tree's ``.gitignore``
+    and ``.rayignore`` files list.
+    """
     env: dict[str, Any] = {}
     if job_file is not None:
         try:
@@ -60,7 +75,7 @@ def project_runtime_env(*, job_file: Path | None = None, tracking_uri: str | Non
             raise ConfigError(f"job file {job_file}: cannot read it: {exc}") from None
         if not isinstance(env, dict):
             raise ConfigError(f"job file {job_file}: expected a mapping (a Ray runtime_env), got {type(env).__name__}")
-    root = project_root()
+    root = project_root() if root is None else Path(root).resolve()
     working_dir = env.get("working_dir")
     env["working_dir"] = str(root if working_dir in (None, ".", "./") else (root / working_dir).resolve())
     env["excludes"] = sorted(set(env.get("excludes", [])) | set(EXCLUDES))
