@@ -30,6 +30,7 @@ TAG_BUDGET_REACHED = "odyssey.budget_reached"  # "true" when the trial ran its f
 TAG_TRIAL_ID = "odyssey.trial_id"  # Ray Tune trial id
 TAG_STUDY = "odyssey.study"
 TAG_DEVICE = "odyssey.device"  # where the trial trained: "cpu" or "cuda:N (<GPU name>)"
+TAG_ERROR = "odyssey.error"  # a failed trial's exception, "Type: message"; the traceback is artifact error.txt
 
 STATUS_COMPLETED = "completed"
 STATUS_STOPPED = "stopped_early"  # stopped by the scheduler (ASHA)

@@ -411,31 +411,63 @@ def test_asha_stops_poor_trials_and_marks_them(tmp_path, mlflow_server, ray_clus
 
 @pytest.mark.slow
 def test_failing_trials_are_retried_then_recorded_as_failed(tmp_path, mlflow_server, ray_cluster, capsys):
-    """A trial that raises (here: asks for CUDA on a CPU-only cluster, which only the worker can
-    know) is retried `max_failures` times, then recorded as failed; the study still finishes."""
-    import torch
+    """A trial that raises (here: its data file is gone by the time the trials start, which only
+    the workers see) is retried `max_failures` times, then recorded as failed with the exception's
+    type and message and a traceback artifact; a study in which every trial failed is a failed
+    sweep (exit 1), not a result."""
+    from mlflow.artifacts import download_artifacts
 
-    from odyssey.sweep.cli import sweep_main
+    from odyssey.sweep.interrupts import SweepFailed
+    from odyssey.sweep.runner import run_sweep
+    from odyssey.sweep.study import load_sweep
 
-    if torch.cuda.is_available():
-        pytest.skip("makes trials fail by asking for CUDA: needs a machine without it")
-    name = "failing"
+    name, data = "failing", tmp_path / "jsb"
+    shutil.copytree(ROOT.parent / "shared" / "data" / "jsb", data)
     overrides = [
         *tiny(tmp_path, name, variants=("vanilla",), samples=2, epochs=2),
-        "train.device=cuda",
+        "study.tasks=[jsb]",
+        "task=jsb",
+        f"task.data_dir={data}",
         "study.max_failures=1",
         "execution=single",  # one process per trial (packs: test_packs.py, and below)
         f"tracking.uri={mlflow_server}",
         f"ray.address={ray_cluster.address}",
     ]
-    assert sweep_main(overrides) == 0
+    overrides = [o for o in overrides if not o.startswith(("task.num_", "task.length", "study.tasks=[adding]"))]
+    sweep = load_sweep(overrides)  # the driver's checks see the data...
+    shutil.rmtree(data)  # ...which is gone when the trials start
+    with pytest.raises(SweepFailed, match=r"every trial of study 'failing' failed \(2 trial\(s\)\); the first error: .*DataError"):
+        run_sweep(sweep)
     out = capsys.readouterr().out
     client, parents, trials = study_runs(mlflow_server, name)
     assert len(parents) == 1 and len(trials) == 2
     assert [t.data.tags[TAG_STATUS] for t in trials] == [STATUS_FAILED, STATUS_FAILED]
-    assert all("CUDA" in t.data.tags.get("odyssey.error", "") for t in trials)
+    for t in trials:
+        error = t.data.tags["odyssey.error"]
+        assert "DataError" in error and str(data) in error, error  # the type and message, not "unknown error"
+        text = Path(download_artifacts(run_id=t.info.run_id, artifact_path="error.txt", tracking_uri=mlflow_server)).read_text()
+        assert 'File "' in text and "in build_task" in text and "\x1b[" not in text, text[-2000:]
+        assert "DataError" in text.strip().splitlines()[-1], text[-2000:]
     assert parents[0].data.metrics["trials/failed"] == 2
-    assert out.count("retrying from its last checkpoint") == 2 and "[adding/vanilla] finished: 2 failed" in out
+    assert out.count("retrying from its last checkpoint") == 2 and "[adding/vanilla] finished: 2 failed" not in out
+    assert "[jsb/vanilla] finished: 2 failed" in out
+
+
+def test_cuda_on_a_cluster_without_gpus_fails_before_any_trial(tmp_path, mlflow_server, ray_cluster):
+    """train.device=cuda where the trials cannot get a GPU: one line, no parent run, no trial."""
+    import torch
+
+    from odyssey.sweep.cli import sweep_main
+
+    if torch.cuda.is_available():
+        pytest.skip("checks a cluster without GPUs")
+    name = "cuda-nowhere"
+    overrides = [*tiny(tmp_path, name, variants=("vanilla",), samples=1, epochs=1), "train.device=cuda",
+                 f"tracking.uri={mlflow_server}", f"ray.address={ray_cluster.address}"]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"train.device='cuda' is invalid: CUDA is not available on the Ray cluster; valid here: auto, cpu"):
+        sweep_main(overrides)
+    _, parents, trials = study_runs(mlflow_server, name)
+    assert parents == [] and trials == []
 
 
 @pytest.mark.slow
@@ -544,16 +576,18 @@ def test_packed_sweep_matches_the_unpacked_sweep(tmp_path, mlflow_server, ray_cl
 
 @pytest.mark.slow
 def test_a_pack_that_cannot_start_is_one_clear_error_and_records_nothing(tmp_path, mlflow_server, ray_cluster):
-    import torch
+    """The pack executor builds the task on its node: data gone by then is one ServiceError that
+    names the search, the cause and the way out, raised before the search's parent run exists."""
+    from odyssey.sweep.runner import run_sweep
+    from odyssey.sweep.study import load_sweep
 
-    from odyssey.sweep.cli import sweep_main
-
-    if torch.cuda.is_available():
-        pytest.skip("asks for CUDA to make the pack fail: needs a machine without it")
-    name = "pack-no-cuda"
-    overrides = [*tiny(tmp_path, name, variants=("vanilla",)), "execution=pack", "train.device=cuda",
-                 f"tracking.uri={mlflow_server}", f"ray.address={ray_cluster.address}"]  # fmt: skip
-    with pytest.raises(ServiceError, match=r"adding__vanilla: its pack executor could not start .*CUDA.*execution=single"):
-        sweep_main(overrides)
+    name, data = "pack-no-data", tmp_path / "jsb"
+    shutil.copytree(ROOT.parent / "shared" / "data" / "jsb", data)
+    overrides = [*tiny(tmp_path, name, variants=("vanilla",)), "study.tasks=[jsb]", "task=jsb", f"task.data_dir={data}",
+                 "execution=pack", f"tracking.uri={mlflow_server}", f"ray.address={ray_cluster.address}"]  # fmt: skip
+    sweep = load_sweep([o for o in overrides if not o.startswith(("task.num_", "task.length", "study.tasks=[adding]"))])
+    shutil.rmtree(data)
+    with pytest.raises(ServiceError, match=r"jsb__vanilla: its pack executor could not start .*DataError.*execution=single"):
+        run_sweep(sweep)
     _, parents, trials = study_runs(mlflow_server, name)
     assert parents == [] and trials == []

@@ -8,6 +8,8 @@ only plain data.
 from __future__ import annotations
 
 import math
+import os
+import re
 import sys
 import time
 from collections import Counter
@@ -16,11 +18,12 @@ from typing import Any
 from ray.tune import Callback
 
 from odyssey.sweep.trainable import RUN_ID_KEY, TrialContext
-from odyssey.tracking import STATUS_FAILED, STATUS_STOPPED, STATUSES, TAG_BUDGET_REACHED, TAG_STATUS
+from odyssey.tracking import STATUS_FAILED, STATUS_STOPPED, STATUSES, TAG_BUDGET_REACHED, TAG_ERROR, TAG_STATUS
 
-__all__ = ["MlflowStatusCallback", "ProgressCallback"]
+__all__ = ["MlflowStatusCallback", "ProgressCallback", "trial_error"]
 
-TAG_ERROR = "odyssey.error"
+ERROR_ARTIFACT = "error.txt"
+TRACEBACK_LINES = 60  # the tail of the traceback kept in the run's error.txt
 
 
 class ProgressCallback(Callback):
@@ -75,7 +78,7 @@ class ProgressCallback(Callback):
         self._print(f"[{self.label}] trial {trial.trial_id} failed; retrying from its last checkpoint")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._print(f"[{self.label}] trial {trial.trial_id} FAILED (retries exhausted): {_error(trial)}")
+        self._print(f"[{self.label}] trial {trial.trial_id} FAILED (retries exhausted): {trial_error(trial)[0]}")
 
     def on_experiment_end(self, trials, **info):
         self._print(self.line(trials))
@@ -124,8 +127,11 @@ class MlflowStatusCallback(Callback):
             run_id = run.info.run_id
             if run.data.tags.get(TAG_STATUS) in STATUSES:
                 return
+        summary, text = trial_error(trial)
         mlf.set_tag(run_id, TAG_STATUS, STATUS_FAILED)
-        mlf.set_tag(run_id, TAG_ERROR, _error(trial)[:4000])
+        mlf.set_tag(run_id, TAG_ERROR, summary[:4000])
+        if text:
+            mlf.log_text(run_id, "\n".join(text.splitlines()[-TRACEBACK_LINES:]) + "\n", ERROR_ARTIFACT)
         mlf.set_terminated(run_id, status="FAILED")
 
     def _create_failed_run(self, trial) -> str:
@@ -146,12 +152,30 @@ class MlflowStatusCallback(Callback):
         return logger.run_id
 
 
-def _error(trial) -> str:
-    """The last line of a trial's error (its full traceback is in the Tune trial directory)."""
+def trial_error(trial) -> tuple[str, str]:
+    """A failed trial's last error: ``("Type: message", full text)``.
+
+    The driver's Tune controller writes each failure to the trial's local ``error.txt`` at once
+    (the copy in the storage path may lag behind, which is how a run used to end up with
+    "unknown error"); each failure is a block starting with ``Failure # N``, and the text of the
+    last block ends with the exception's ``Type: message`` line."""
+    text = ""
+    path = getattr(trial, "error_file", None)
     try:
-        err = trial.get_error()
+        if path and os.path.isfile(path):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        else:
+            text = str(trial.get_error() or "")
     except Exception:  # noqa: BLE001 - best effort, for a message
-        err = None
-    text = str(err) if err else "unknown error"
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else text
+        text = ""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # Ray colours its task names
+    text = re.split(r"^Failure # \d+.*$", text, flags=re.M)[-1].strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return "unknown error (Tune recorded no error text)", ""
+    typed = [ln for ln in lines if _EXCEPTION_LINE.match(ln)]
+    return (typed[-1] if typed else lines[-1]), text
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failure|Died)\b.*")

@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 from odyssey.errors import ConfigError, ServiceError
 from odyssey.sweep import interrupts, mlflow_runs
 from odyssey.sweep.study import SearchPlan, SweepConfig
-from odyssey.tracking import ALL_STATUSES, TAG_STATUS
+from odyssey.tracking import ALL_STATUSES, TAG_ERROR, TAG_STATUS
 
 __all__ = ["SearchOutcome", "check_ray_address", "run_sweep"]
 
@@ -50,6 +50,7 @@ class SearchOutcome:
     parent_run_id: str
     counts: dict[str, int] = field(default_factory=dict)  # MLflow status -> number of trial runs
     best: float | None = None
+    first_error: str | None = None  # odyssey.error of a failed trial, if any
 
 
 def check_ray_address(address: str | None, *, timeout: float = 3.0) -> None:
@@ -93,15 +94,9 @@ def run_sweep(sweep: SweepConfig) -> list[SearchOutcome]:
         sweep.storage_path.mkdir(parents=True, exist_ok=True)
         os.chdir(sweep.storage_path)
 
-    started = False
-    if not ray.is_initialized():
-        # Trials' own output stays in the Ray logs; the driver prints the progress view only.
-        # A runtime started here (no address anywhere) lives on loopback; Ray's dashboard and job
-        # server bind to 127.0.0.1 by default too.
-        local = sweep.ray_address in (None, "local") and not os.environ.get("RAY_ADDRESS")
-        extra = {"_node_ip_address": "127.0.0.1"} if local else {}
-        ray.init(address=sweep.ray_address, runtime_env=_runtime_env(), log_to_driver=False, **extra)
-        started = True
+    from odyssey.sweep.connect import connect  # a refused token: one ServiceError line
+
+    started = connect(sweep.ray_address, runtime_env=_runtime_env())
     try:
         print(
             f"study {sweep.study.name!r}: {len(sweep.searches)} search(es) x {sweep.study.num_samples} trial(s); "
@@ -121,6 +116,7 @@ def _run_searches(sweep: SweepConfig, experiment_id: str) -> list[SearchOutcome]
     signals, which end every search (:mod:`odyssey.sweep.interrupts`)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    _check_devices(sweep)
     plans = list(sweep.searches)
     workers = min(sweep.study.max_concurrent_searches or len(plans), len(plans))
     _thread_safe_tune_registries()
@@ -142,7 +138,46 @@ def _run_searches(sweep: SweepConfig, experiment_id: str) -> list[SearchOutcome]
             f"interrupted. Resume with: {resume_command(sweep)}",
             exit_code=code,
         )
+    _fail_if_every_trial_failed(sweep, outcomes)
     return outcomes
+
+
+def _check_devices(sweep: SweepConfig) -> None:
+    """A ``train.device`` the trials cannot get fails now, not in every trial: CUDA on a cluster
+    without GPUs, or on trials that reserve none (Ray then hides the GPUs from them)."""
+    import math
+
+    import ray
+
+    from odyssey.config import check_device_available
+
+    cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
+    packed = sweep.execution.mode == "pack"
+    per_trial = sweep.execution.gpu if packed else sweep.study.resources_per_trial.gpu
+    for device in sorted({plan.base.train.device for plan in sweep.searches}):
+        if not device.startswith("cuda"):
+            continue
+        if cluster_gpus == 0:
+            check_device_available(device, cuda_devices=0, where="the Ray cluster")
+        if not per_trial:
+            key = "execution.gpu" if packed else "study.resources_per_trial.gpu"
+            raise ConfigError(
+                f"train.device={device!r} is invalid: the trials reserve no GPU ({key}=0), so Ray hides the "
+                f"cluster's {cluster_gpus} GPU(s) from them; reserve one (+resources=gpu or +resources=gpu_quarter) "
+                "or use train.device=auto"
+            )
+        check_device_available(device, cuda_devices=max(1, math.ceil(per_trial)), where="each trial")
+
+
+def _fail_if_every_trial_failed(sweep: SweepConfig, outcomes: list[SearchOutcome]) -> None:
+    """A study in which every trial failed is a broken setup (data, environment), not a result."""
+    total = sum(sum(o.counts.values()) for o in outcomes)
+    failed = sum(o.counts.get("failed", 0) for o in outcomes)
+    if total and failed == total:
+        first = next((o.first_error for o in outcomes if o.first_error), "no error recorded")
+        raise interrupts.SweepFailed(
+            f"every trial of study {sweep.study.name!r} failed ({failed} trial(s)); the first error: {first}"
+        )
 
 
 def resume_command(sweep: SweepConfig) -> str:
@@ -359,15 +394,16 @@ def _outcome(sweep: SweepConfig, plan: SearchPlan, experiment_id: str, parent: s
     """Counts by status, read back from MLflow (the system of record), and the best value."""
     runs = mlflow_runs.trial_runs(sweep.tracking_uri, experiment_id, parent)
     counts = {s: 0 for s in ALL_STATUSES}
-    best = None
+    best, first_error = None, None
     key = f"best_val/{plan.primary_metric}"
     for run in runs:
         status = run.data.tags.get(TAG_STATUS, "running")
         counts[status] = counts.get(status, 0) + 1
+        first_error = first_error or run.data.tags.get(TAG_ERROR)
         value = run.data.metrics.get(key)
         if value is not None and value == value and (best is None or (value < best) == plan.lower_is_better):
             best = value
-    outcome = SearchOutcome(plan.task, plan.variant, parent, counts, best)
+    outcome = SearchOutcome(plan.task, plan.variant, parent, counts, best, first_error)
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     print(f"[{plan.task}/{plan.variant}] finished: {summary or 'no trials'}"
           + (f"; best {key} {best:.4g}" if best is not None else ""), flush=True)  # fmt: skip
