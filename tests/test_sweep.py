@@ -339,6 +339,10 @@ def test_interrupt_and_resume(tmp_path, mlflow_server, ray_cluster, how, executi
     state = tmp_path / "ray_results" / name / "adding__vanilla"
     done = lambda: any(r.data.tags.get(TAG_STATUS) == STATUS_COMPLETED for r in trial_runs(mlflow_server, name))  # noqa: E731
     wait_for(lambda: done() and any(state.glob("experiment_state-*.json")), 180, "a finished trial", proc, log)
+    if how == "SIGTERM":  # a second driver of a running study is refused, resuming or not
+        for extra in ([], ["resume=true"]):
+            with pytest.raises(ServiceError, match=rf"study '{name}' is being run by another driver \(host .*, pid {proc.pid}"):
+                sweep_main([*overrides, *extra])
     os.killpg(proc.pid, getattr(signal, how)) if how == "SIGKILL" else os.kill(proc.pid, getattr(signal, how))
     code = proc.wait(timeout=90)
     output = log.read_text()

@@ -4,17 +4,22 @@ Order of events for ``run_sweep``:
 
 1. check the tracking store and the Ray address (one clear ``ServiceError`` each, before any
    trial starts);
-2. connect to Ray (``ray.address``, ``$RAY_ADDRESS``, a Ray job's cluster or a local runtime);
-3. for each search, ``study.max_concurrent_searches`` at a time (default: all at once, each in
+2. claim the study in MLflow (:mod:`odyssey.sweep.identity`): a second live driver, a study
+   that already has a sweep (without ``resume=true``) or a resume with another budget is refused;
+   the driver holds the study's lease until it ends;
+3. connect to Ray (``ray.address``, ``$RAY_ADDRESS``, a Ray job's cluster or a local runtime);
+4. for each search, ``study.max_concurrent_searches`` at a time (default: all at once, each in
    its own thread): the parent run (reused on resume); with ``execution=pack`` the search's pack
    executors (:mod:`odyssey.sweep.pack_executor`); then ``Tuner.fit()`` or, with ``resume=true``
    and saved state, ``Tuner.restore(...).fit()`` (finished trials are not rerun, interrupted ones
    continue from their last checkpoint, errored ones are resumed);
-4. close the parent run with the counts of trials by MLflow status.
+5. close the parent run with the counts of trials by MLflow status. A stop signal ends every
+   search at once and marks its unfinished runs interrupted (:mod:`odyssey.sweep.interrupts`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import threading
@@ -23,7 +28,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from odyssey.errors import ConfigError, ServiceError
-from odyssey.sweep import interrupts, mlflow_runs
+from odyssey.sweep import identity, interrupts, mlflow_runs
 from odyssey.sweep.study import SearchPlan, SweepConfig
 from odyssey.tracking import ALL_STATUSES, TAG_ERROR, TAG_STATUS
 
@@ -74,11 +79,17 @@ def check_ray_address(address: str | None, *, timeout: float = 3.0) -> None:
 
 def run_sweep(sweep: SweepConfig) -> list[SearchOutcome]:
     """Run every search of ``sweep`` (see the module docstring)."""
-    import ray
-
     mlflow_runs.check_tracking_server(sweep.tracking_uri)
     check_ray_address(sweep.ray_address)
     experiment_id = mlflow_runs.ensure_experiment(sweep.tracking_uri, sweep.study.name)
+    with identity.claim(sweep, sweep.tracking_uri, experiment_id) as storage:  # one study, one sweep
+        return _run_claimed(dataclasses.replace(sweep, storage_path=storage), experiment_id)
+
+
+def _run_claimed(sweep: SweepConfig, experiment_id: str) -> list[SearchOutcome]:
+    """``run_sweep`` once this driver holds the study's lease."""
+    import ray
+
     _check_fresh(sweep)
 
     # Inside a Ray job (Ray 2.60) the job's working_dir copy, which is the driver's cwd and
