@@ -275,6 +275,7 @@ def _log_study(uri: str, name: str, groups: dict[tuple[str, str], list[dict]]) -
         }  # fmt: skip
         run = client.create_run(exp, run_name=f"trial-{i}", tags=tags, start_time=1_700_000_000_000 + i)
         params = [Param(k, str(t[k])) for k in tr.SEARCHED_PARAMS]
+        params += [Param("train.max_epochs", str(t["max_epochs"]))] if "max_epochs" in t else []
         metrics = [Metric(k, t[v], 0, 1) for k, v in (("test/mse", "test"), ("best_val/mse", "val"))] if "test" in t else []
         client.log_batch(run.info.run_id, metrics=metrics, params=params)
         client.set_terminated(run.info.run_id, "FAILED" if t["status"] == "failed" else "FINISHED")
@@ -428,3 +429,38 @@ def test_analyze_only_diverged(study_uri, tmp_path, capsys):
     assert "0 trial(s) completed with full budget" in printed
     cmp_ = pd.read_csv(tmp_path / "comparison.csv")
     assert cmp_["significant"].eq(False).all() and cmp_["p_value"].isna().all()
+
+
+def test_a_study_of_several_sweeps_or_mixed_budgets_is_refused_or_flagged(mlflow_server, tmp_path, capsys):
+    """Pooling an 8-epoch and a 2-epoch sweep as one sample (measured: "6 trials completed with
+    full budget") is refused, naming each problem; --allow-mixed analyses it with the flags."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from odyssey.analysis.errors import AnalysisError
+    from odyssey import tracking as tr
+
+    rng = np.random.default_rng(7)
+    budget = lambda trials, epochs: [{**t, "max_epochs": epochs} for t in trials]  # noqa: E731
+    groups = {
+        ("adding", "vanilla"): budget(_trials(rng, 3, 0), 8) + budget(_trials(rng, 3, 0), 2),
+        ("adding", "nfg"): budget(_trials(rng, 6, 0), 8),
+    }
+    _log_study(mlflow_server, "mixed", groups)
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("mixed").experiment_id
+    client.create_run(exp, tags={tr.TAG_ROLE: "search", tr.TAG_TASK: "adding", tr.TAG_VARIANT: "nfg"})  # a second sweep
+    with pytest.raises(AnalysisError) as err:
+        _analyze(mlflow_server, "mixed", tmp_path / "refused")
+    text = str(err.value)
+    assert "search adding/nfg has 2 parent runs" in text
+    assert "search adding/vanilla mixes epoch budgets (train.max_epochs 2 (3 trials), 8 (3 trials))" in text
+    assert "task adding: the variants were trained with different epoch budgets (nfg: 8, vanilla: 2/8)" in text
+    assert "--allow-mixed" in text and not (tmp_path / "refused" / "report.html").exists()
+
+    assert _analyze(mlflow_server, "mixed", tmp_path / "flagged", "--allow-mixed", "--no-log") == 0
+    summary = json.loads((tmp_path / "flagged" / "summary.json").read_text())
+    warnings = [m for m in summary["messages"] if m.startswith("WARNING: ")]
+    assert len(warnings) == 3 and "2 parent runs" in warnings[0]
+    assert "WARNING: search adding/nfg has 2 parent runs" in capsys.readouterr().out

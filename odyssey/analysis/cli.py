@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from odyssey.analysis.report import MIN_FANOVA_TRIALS, analyze_study, format_terminal
-from odyssey.analysis.study import default_tracking_uri, load_study
+from odyssey.analysis.errors import AnalysisError
+from odyssey.analysis.study import default_tracking_uri, load_study, mixed_sweeps
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trees", type=int, default=64, help="trees in the fANOVA forest (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fANOVA forest")
     p.add_argument("--no-log", action="store_true", help="do not log the outputs to MLflow")
+    p.add_argument(
+        "--allow-mixed", action="store_true",
+        help="analyse a study whose searches have several sweeps or mixed epoch budgets (flagged in the report)",
+    )  # fmt: skip
     return p
 
 
@@ -36,6 +41,12 @@ def main(argv: list[str]) -> int:
 
         raise ConfigError(f"--min-trials must be at least 2, got {args.min_trials}")
     study = load_study(args.study, tracking_uri=args.tracking_uri or default_tracking_uri())
+    problems = mixed_sweeps(study)
+    if problems and not args.allow_mixed:
+        raise AnalysisError(
+            f"study {args.study!r} is not one sweep: {'; '.join(problems)}. Analyse the sweeps as separate "
+            "studies, or pass --allow-mixed to analyse it anyway (the report flags it)"
+        )
     report = analyze_study(
         study,
         out_dir=args.out or f"analysis/{args.study}",

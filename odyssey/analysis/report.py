@@ -32,7 +32,7 @@ from odyssey.analysis.deepcave import export_deepcave
 from odyssey.analysis.errors import TooFewTrialsError
 from odyssey.analysis.fanova import FanovaResult, fanova
 from odyssey.analysis.rules import RULES, count_table, fanova_mask, ttest_mask
-from odyssey.analysis.study import COORDINATES, Study, coordinates, load_study
+from odyssey.analysis.study import COORDINATES, Study, coordinates, load_study, mixed_sweeps
 
 MIN_FANOVA_TRIALS = 10
 MIN_GROUP_TRIALS = 2
@@ -130,7 +130,7 @@ def analyze_study(
     counts = count_table(trials)
     used = trials[ttest_mask(trials)]
     comparison = welch_table(used, baseline=baseline, min_per_group=MIN_GROUP_TRIALS)
-    messages = _comparison_messages(trials, used, baseline)
+    messages = [f"WARNING: {p}" for p in mixed_sweeps(study)] + _comparison_messages(trials, used, baseline)
     report = AnalysisReport(study, out, out / "report.html", counts, comparison, pd.DataFrame(), messages=messages)
 
     # Box plots: one per task, every variant side by side.

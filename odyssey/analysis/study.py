@@ -8,8 +8,8 @@ The run schema is ``odyssey.tracking``'s: one experiment per study, one parent r
 momentum, input_noise`` (paper units, floats), the analysis coordinates ``log10_lr,
 log10_hidden_size, log10_one_minus_momentum`` (and ``input_noise``), ``val`` (``best_val/<m>``),
 ``test`` (``test/<m>``) for the primary metric ``m``, ``params_count``, ``budget_reached``
-(True/False/None when the tag is absent), ``seed``, ``epochs``, ``start_time``, ``end_time``
-(seconds since the epoch).
+(True/False/None when the tag is absent), ``seed``, ``epochs``, ``max_epochs`` (the budget,
+param ``train.max_epochs``), ``start_time``, ``end_time`` (seconds since the epoch).
 """
 
 from __future__ import annotations
@@ -152,6 +152,7 @@ def _trial_row(run) -> dict:
         "budget_reached": _bool(tags.get(TAG_BUDGET_REACHED)),
         "seed": _float(tags.get(TAG_SEED)),
         "epochs": _float(metrics.get("epochs")),
+        "max_epochs": _float(params.get("train.max_epochs")),
         "start_time": (run.info.start_time or 0) / 1000.0,
         "end_time": (run.info.end_time or 0) / 1000.0,
         "_metrics": metrics,
@@ -187,7 +188,7 @@ def _fill_metric(rows: list[dict]) -> None:
 TRIAL_COLUMNS = [
     "run_id", "parent_run_id", "task", "variant", "status", "metric", "lower_is_better",
     *SEARCHED_PARAMS, *[c for c in COORDINATES if c not in SEARCHED_PARAMS], "val", "test",
-    "params_count", "budget_reached", "seed", "epochs", "start_time", "end_time",
+    "params_count", "budget_reached", "seed", "epochs", "max_epochs", "start_time", "end_time",
 ]
 
 
@@ -229,6 +230,29 @@ def load_study(name: str, *, tracking_uri: str | None = None) -> Study:
         columns=["run_id", "task", "variant"],
     )
     return Study(name, exp.experiment_id, uri, trials.sort_values(["task", "variant", "start_time"], kind="stable").reset_index(drop=True), searches)
+
+
+def mixed_sweeps(study: Study) -> list[str]:
+    """What makes a study more than one sweep, one sentence each: a search with several parent
+    runs (independent sweeps pooled into one sample), or trials with different epoch budgets
+    (within a search, or between the searches that the Welch test compares)."""
+    problems = []
+    parents = study.searches.groupby(["task", "variant"]).size()
+    for (task, variant), n in parents.items():
+        if n > 1:
+            problems.append(f"search {task}/{variant} has {n} parent runs: trials of {n} separate sweeps would be pooled")
+    budgets = study.trials.dropna(subset=["max_epochs"])
+    for (task, variant), g in budgets.groupby(["task", "variant"]):
+        counts = g["max_epochs"].astype(int).value_counts().sort_index()
+        if len(counts) > 1:
+            shown = ", ".join(f"{b} ({n} trials)" for b, n in counts.items())
+            problems.append(f"search {task}/{variant} mixes epoch budgets (train.max_epochs {shown})")
+    for task, g in budgets.groupby("task"):
+        per_search = g.groupby("variant")["max_epochs"].agg(lambda b: tuple(sorted(set(b.astype(int)))))
+        if per_search.nunique() > 1:
+            shown = ", ".join(f"{v}: {'/'.join(map(str, b))}" for v, b in per_search.items())
+            problems.append(f"task {task}: the variants were trained with different epoch budgets ({shown})")
+    return problems
 
 
 def coordinates(trials: pd.DataFrame) -> np.ndarray:
