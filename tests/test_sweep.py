@@ -275,29 +275,45 @@ def test_tpe_search_end_to_end(tmp_path, mlflow_server, ray_cluster, capsys):
 @pytest.mark.slow
 def test_submit_to_job_server(tmp_path, mlflow_server, ray_cluster, monkeypatch, capsys):
     """`odyssey submit` ships the project to the cluster's job server; MLFLOW_TRACKING_URI travels
-    in the job's runtime env."""
-    from odyssey.sweep.jobs import submit_main, wait
+    in the job's runtime env. `odyssey stop ID` ends the job's sweep like SIGTERM does (runs
+    marked interrupted, the log says how to resume); a resubmission with resume=true finishes it."""
+    from odyssey.sweep.jobs import stop_main, submit_main, wait
+    from odyssey.tracking import STATUS_INTERRUPTED
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     name = "submitted"
-    code = submit_main(
-        ["--address", ray_cluster.dashboard_url, "--python", sys.executable, "--id", f"odyssey-{name}",
-         *tiny(tmp_path, name)]
-    )  # fmt: skip
-    assert code == 0
-    status = wait(f"odyssey-{name}", address=ray_cluster.dashboard_url, timeout=240)
-    if status != "SUCCEEDED":
+    address = ["--address", ray_cluster.dashboard_url]
+    study = tiny(tmp_path, name, epochs=3)
+
+    def submit(job_id: str, *extra: str) -> None:
+        assert submit_main([*address, "--python", sys.executable, "--id", job_id, *study, *extra]) == 0
+
+    def job_logs(job_id: str) -> str:
         from ray.job_submission import JobSubmissionClient
 
-        logs = JobSubmissionClient(ray_cluster.dashboard_url).get_job_logs(f"odyssey-{name}")
-        pytest.fail(f"job ended {status}:\n{logs[-4000:]}")
-    assert_study(mlflow_server, name, variants=["vanilla", "nfg"], samples=3, epochs=2)
+        return JobSubmissionClient(ray_cluster.dashboard_url).get_job_logs(job_id)
+
+    submit(f"odyssey-{name}-stopped")
+    done = lambda: any(r.data.tags.get(TAG_STATUS) == STATUS_COMPLETED for r in trial_runs(mlflow_server, name))  # noqa: E731
+    wait_for(done, 240, "a finished trial of the job")
+    assert stop_main([*address, f"odyssey-{name}-stopped"]) == 0
+    assert wait(f"odyssey-{name}-stopped", address=ray_cluster.dashboard_url, timeout=150) == "STOPPED"
+    logs = job_logs(f"odyssey-{name}-stopped")
+    assert "interrupted (SIGTERM received)" in logs and "Resume with: odyssey submit" in logs, logs[-3000:]
+    _, parents, trials = study_runs(mlflow_server, name)
+    assert {p.data.tags[TAG_STATUS] for p in parents} == {STATUS_INTERRUPTED}, [p.data.tags for p in parents]
+    assert {t.data.tags[TAG_STATUS] for t in trials} <= {STATUS_COMPLETED, STATUS_INTERRUPTED}
+
+    submit(f"odyssey-{name}", "resume=true")
+    status = wait(f"odyssey-{name}", address=ray_cluster.dashboard_url, timeout=240)
+    if status != "SUCCEEDED":
+        pytest.fail(f"job ended {status}:\n{job_logs(f'odyssey-{name}')[-4000:]}")
+    assert_study(mlflow_server, name, variants=["vanilla", "nfg"], samples=3, epochs=3)
 
     # the Jobs API wrappers: list, logs, stop, and an unknown id
     from odyssey.sweep.jobs import jobs_main, logs_main, stop_main
 
     capsys.readouterr()
-    address = ["--address", ray_cluster.dashboard_url]
     assert jobs_main(address) == 0
     listing = capsys.readouterr().out
     assert any(line.split()[:3] == [f"odyssey-{name}", "SUCCEEDED", name] for line in listing.splitlines()), listing

@@ -46,6 +46,7 @@ EXCLUDES = [
     "mlruns*", "*.db", "mlartifacts", "ray_results", "/analysis", "/outputs", "/multirun", "/data",
 ]  # fmt: skip
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+JOB_STOP_WAIT_S = 120
 
 
 def project_root() -> Path:
@@ -138,6 +139,9 @@ def submit(
     translate(OmegaConf.to_container(cfg.search_space, resolve=True), name="search_space")
     if cfg.get("tracking") is not None and cfg.tracking.get("uri"):
         env["env_vars"]["MLFLOW_TRACKING_URI"] = str(cfg.tracking.uri)
+    # `odyssey stop ID` sends SIGTERM, then SIGKILL after this long: time for the sweep to end its
+    # searches and mark its runs interrupted (odyssey.sweep.interrupts). Ray's default is 3 s.
+    env["env_vars"].setdefault("RAY_JOB_STOP_WAIT_TIME_S", str(JOB_STOP_WAIT_S))
     address = address or (cfg.get("ray") or {}).get("job_server")
     client = _client(address)
     entrypoint = f"{shlex.quote(python)} -m odyssey.sweep.cli " + " ".join(shlex.quote(o) for o in overrides)
@@ -249,5 +253,9 @@ def stop_main(argv: Sequence[str]) -> int:
     client = _client(args.address)
     _known_job(client, args.job_id)
     stopped = client.stop_job(args.job_id)
-    print(f"job {args.job_id}: {'stop requested' if stopped else 'already finished'}")
+    if stopped:
+        print(f"job {args.job_id}: stop requested; its sweep marks unfinished runs interrupted and prints how to "
+              f"resume (odyssey logs {args.job_id})")  # fmt: skip
+    else:
+        print(f"job {args.job_id}: already finished")
     return 0
