@@ -1,0 +1,116 @@
+"""Connect the driver to Ray: the configured cluster (``ray.address``, ``$RAY_ADDRESS``, a Ray
+job's own cluster) or a local runtime on 127.0.0.1; one ``ServiceError`` line when the cluster
+refuses the driver's authentication token.
+
+Token authentication (Ray 2.60, ``ray/_private/authentication/authentication_token_setup.py``):
+a process is in token mode when ``RAY_AUTH_MODE=token``, and it takes the token from
+``$RAY_AUTH_TOKEN``, else the file ``$RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``. Left
+unset, the mode differs between processes: ``ray start --head`` turns token mode on whenever
+``~/.ray/auth_token`` exists (which any earlier local ``ray.init()`` writes), ``ray start
+--address`` and ``ray.init(address=HOST:PORT)`` never do - so set ``RAY_AUTH_MODE=token`` for
+every node and every driver, and give them all the head's token.
+"""
+
+from __future__ import annotations
+
+import os
+
+from odyssey.errors import ServiceError
+
+__all__ = ["auth_headers", "connect", "token_error"]
+
+_SHARE = (
+    "use the head's token (`ray get-auth-token` on the head prints it) as RAY_AUTH_TOKEN, "
+    "in a file named by RAY_AUTH_TOKEN_PATH or in ~/.ray/auth_token, with RAY_AUTH_MODE=token, "
+    "on every node and every machine that connects"
+)
+
+
+def connect(address: str | None, *, runtime_env: dict | None = None) -> bool:
+    """``ray.init`` for a sweep's driver unless Ray is already initialised; True when it connected
+    (the caller then calls ``ray.shutdown()``). ``address`` None or "local" with no
+    ``$RAY_ADDRESS``: a local runtime on 127.0.0.1 (Ray's dashboard and job server bind to
+    127.0.0.1 by default too)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    local = address in (None, "local") and not os.environ.get("RAY_ADDRESS")
+    target = None if local else (address or os.environ.get("RAY_ADDRESS"))
+    if target is not None:
+        _check_token(target)
+    extra = {"_node_ip_address": "127.0.0.1"} if local else {}
+    try:
+        # Trials' own output stays in the Ray logs; the driver prints the progress view only.
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, **extra)
+    except Exception as exc:
+        if target is not None and _is_auth_failure(exc):
+            raise ServiceError(token_error(target)) from None
+        raise
+    return True
+
+
+def token_error(address: str) -> str:
+    """The one line for a cluster at ``address`` that refused this process's token (or its lack)."""
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    if get_authentication_mode() != AuthenticationMode.TOKEN:
+        found = "RAY_AUTH_MODE is not 'token' here, so no token is sent"
+    elif os.environ.get("RAY_AUTH_TOKEN"):
+        found = "the token sent is $RAY_AUTH_TOKEN"
+    elif os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        found = f"the token sent is the file {os.environ['RAY_AUTH_TOKEN_PATH']} ($RAY_AUTH_TOKEN_PATH)"
+    else:
+        found = "the token sent is ~/.ray/auth_token"
+    return f"Ray cluster at {address} refused this process's authentication token ({found}): {_SHARE}"
+
+
+def auth_headers() -> dict[str, str]:
+    """The ``Authorization`` header for Ray's HTTP endpoints (dashboard, job server) when this
+    process is in token mode; ``{}`` otherwise."""
+    from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+
+    return dict(get_auth_headers_if_auth_enabled({}))
+
+
+def _check_token(address: str) -> None:
+    """Fail in a second, before ``ray.init`` (which retries a refused token for ~20 s and then
+    raises a chained ConnectionError), when the GCS at ``address`` refuses this process's token.
+    Anything else (no GCS there, a client address) is left to ``ray.init``."""
+    if "://" in address or address == "auto":
+        return
+    from ray.exceptions import AuthenticationError
+
+    try:
+        from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
+        from ray._private.services import canonicalize_bootstrap_address
+        from ray._raylet import InnerGcsClient
+    except ImportError:  # another Ray: ray.init's own errors, translated in connect()
+        return
+    try:
+        ensure_token_if_auth_enabled(None, create_token_if_missing=False)
+    except AuthenticationError:  # RAY_AUTH_MODE=token but no token anywhere
+        raise ServiceError(
+            f"Ray cluster at {address}: RAY_AUTH_MODE=token but this process has no token (no $RAY_AUTH_TOKEN, "
+            f"$RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token): {_SHARE}"
+        ) from None
+    try:
+        gcs = canonicalize_bootstrap_address(address) or address  # as ray.init will (127.0.0.1 rewrites)
+        InnerGcsClient.standalone(gcs, None, 5000)
+    except AuthenticationError:
+        raise ServiceError(token_error(address)) from None
+    except Exception:  # noqa: BLE001 - not ours to judge: ray.init reports it
+        return
+
+
+def _is_auth_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` or what it was raised from is Ray refusing a token (ray.init wraps the
+    AuthenticationError into RuntimeError and ConnectionError, with the traceback as text)."""
+    from ray.exceptions import AuthenticationError
+
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, AuthenticationError) or "InvalidAuthToken" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
