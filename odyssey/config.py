@@ -109,9 +109,13 @@ class TrackingConfig:
     uri: str | None = None
     experiment: str = "odyssey"
     enabled: bool = True
+    # A sweep rides out tracking-server outages (trials buffer their metrics); one longer than
+    # this stops the sweep cleanly, its runs resumable (odyssey.sweep.outage).
+    outage_grace_s: float = 600.0
 
     def __post_init__(self) -> None:
         check_fields(self, "tracking")
+        _check(self.outage_grace_s > 0, "tracking.outage_grace_s", self.outage_grace_s, "a number of seconds > 0")
 
     def resolved_uri(self, root: Path) -> str:
         if self.uri:

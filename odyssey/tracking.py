@@ -85,12 +85,69 @@ def get_or_create_experiment(client: "MlflowClient", name: str) -> str:
     return exp.experiment_id
 
 
+def tracking_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the tracking server is away or overloaded (no connection, a timeout,
+    HTTP 5xx or 429, a locked SQLite store), so the same call may succeed later; False when it
+    refused the request itself (a bad parameter, a deleted run)."""
+    text = str(exc)
+    if isinstance(exc, OSError) or "failed with exception" in text or "failed with timeout exception" in text:
+        return True
+    if "database is locked" in text:
+        return True
+    status = getattr(exc, "get_http_status_code", None)
+    if callable(status):
+        try:
+            code = int(status())
+        except (TypeError, ValueError):
+            return False
+        return code >= 500 or code == 429
+    return False
+
+
+def call_with_retry(fn, *args, give_up=lambda: False, on_wait=None, **kwargs):
+    """``fn(*args, **kwargs)``, retried with backoff (1 s doubling to 30 s) while the tracking server
+    is unavailable (:func:`tracking_unavailable`), until ``give_up()``; other errors raise at once.
+    ``on_wait(exc)`` is told of each failed attempt."""
+    delay = 1.0
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not tracking_unavailable(exc) or give_up():
+                raise
+            if on_wait is not None:
+                on_wait(exc)
+            time.sleep(delay)
+            delay = min(2 * delay, 30.0)
+
+
+# MLflow's client retries a failed HTTP call 7 times with backoff, about 4 minutes, before it
+# raises. Sweeps keep each call short instead and ride out an outage themselves: trials buffer
+# (MlflowTrialLogger), the driver retries and, past tracking.outage_grace_s, stops the sweep.
+SHORT_HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}  # fmt: skip
+
+
+def use_short_http_retries() -> None:
+    """Apply :data:`SHORT_HTTP_RETRIES` to this process (values the user set are kept)."""
+    import os
+
+    for key, value in SHORT_HTTP_RETRIES.items():
+        os.environ.setdefault(key, value)
+
+
 class MlflowTrialLogger:
     """An ``EpochReport`` callback that records one trial as one MLflow run.
 
     Per-epoch metrics are buffered and sent with ``log_batch`` every ``flush_every`` epochs (and
     at the end), not one HTTP call per value. Steps are epochs, so a resumed trial that starts
     after its last logged epoch never writes a step twice.
+
+    Outages: a flush that cannot reach the server keeps its metrics and training goes on; the
+    next flush sends them. :meth:`state` holds what is still unsent, so a trial's checkpoint
+    carries it across a restart (``pending=`` of :meth:`start`): no metric is lost, and as
+    every metric keeps its epoch and timestamp, a batch sent twice is stored once. :meth:`finish`
+    waits for the server (the sweep driver decides how long an outage may last).
     """
 
     def __init__(self, client: "MlflowClient", run_id: str, *, flush_every: int = 1, last_logged_epoch: int = 0):
@@ -99,6 +156,7 @@ class MlflowTrialLogger:
         self.flush_every = flush_every
         self.last_logged_epoch = last_logged_epoch
         self._pending: list = []
+        self.unavailable_since: float | None = None  # time.monotonic() of the first failed flush
 
     @classmethod
     def start(
@@ -112,8 +170,10 @@ class MlflowTrialLogger:
         run_name: str | None = None,
         run_id: str | None = None,
         flush_every: int = 1,
+        pending: dict | None = None,
     ) -> "MlflowTrialLogger":
-        """Create the run (params = ``cfg.flat_params()``, ``tags``) or, with ``run_id``, reopen it."""
+        """Create the run (params = ``cfg.flat_params()``, ``tags``) or, with ``run_id``, reopen it;
+        ``pending``: a :meth:`state` from before a restart, sent first."""
         from mlflow import MlflowClient
         from mlflow.entities import Param
 
@@ -125,7 +185,9 @@ class MlflowTrialLogger:
                 client.update_run(run_id, status="RUNNING")
             if run.data.tags.get(TAG_STATUS) != STATUS_RUNNING:  # e.g. interrupted, now resumed
                 client.set_tag(run_id, TAG_STATUS, STATUS_RUNNING)
-            return cls(client, run_id, flush_every=flush_every, last_logged_epoch=last)
+            logger = cls(client, run_id, flush_every=flush_every, last_logged_epoch=last)
+            logger._restore(pending)
+            return logger
         all_tags = dict(tags)
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -148,25 +210,55 @@ class MlflowTrialLogger:
         if report.epoch % self.flush_every == 0:
             self.flush()
 
-    def flush(self) -> None:
-        """Send buffered metrics (at most 1000 per call, MLflow's limit)."""
-        while self._pending:
-            chunk, self._pending = self._pending[:1000], self._pending[1000:]
-            self.client.log_batch(self.run_id, metrics=chunk)
+    def flush(self) -> bool:
+        """Send buffered metrics (at most 1000 per call, MLflow's limit). False, keeping what is
+        unsent, when the server is unavailable; other errors raise."""
+        try:
+            while self._pending:
+                chunk = self._pending[:1000]
+                self.client.log_batch(self.run_id, metrics=chunk)
+                del self._pending[: len(chunk)]
+        except Exception as exc:
+            if not tracking_unavailable(exc):
+                raise
+            if self.unavailable_since is None:
+                self.unavailable_since = time.monotonic()
+            return False
+        self.unavailable_since = None
+        return True
 
-    def finish(self, result: "TrialResult | None", status: str, *, extra_tags: dict[str, str] | None = None) -> None:
-        """Log the final metrics and the status tag, and end the run (FAILED if ``status`` is failed)."""
+    def state(self) -> dict:
+        """What has not reached the server yet, as plain data (for a checkpoint)."""
+        return {"run_id": self.run_id, "pending": [[m.key, m.value, m.timestamp, m.step] for m in self._pending]}
+
+    def _restore(self, state: dict | None) -> None:
+        from mlflow.entities import Metric
+
+        if state and state.get("run_id") == self.run_id:
+            self._pending = [Metric(k, v, t, s) for k, v, t, s in state.get("pending", [])] + self._pending
+            self.last_logged_epoch = max([self.last_logged_epoch, *(m.step for m in self._pending)])
+
+    def finish(
+        self, result: "TrialResult | None", status: str, *, extra_tags: dict[str, str] | None = None, give_up=lambda: False
+    ) -> None:
+        """Log the final metrics and the status tag, and end the run (FAILED if ``status`` is
+        failed); waits, retrying, while the server is unavailable, until ``give_up()``."""
         from mlflow.entities import Metric, RunTag
 
-        self.flush()
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, 0) for k, v in (result.final_metrics() if result else {}).items()]
+        self._pending += [Metric(k, float(v), now, 0) for k, v in (result.final_metrics() if result else {}).items()]
         tags = [RunTag(TAG_STATUS, status)] + [RunTag(k, v) for k, v in (extra_tags or {}).items()]
         if result is not None:
             tags.append(RunTag(TAG_BUDGET_REACHED, str(result.budget_reached).lower()))
             tags.append(RunTag(TAG_DEVICE, result.device))
-        self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
-        self.client.set_terminated(self.run_id, status="FAILED" if status == STATUS_FAILED else "FINISHED")
+
+        def send() -> None:
+            if not self.flush():
+                raise ConnectionError(f"MLflow tracking server unavailable; {len(self._pending)} metric(s) buffered")
+            self.client.log_batch(self.run_id, tags=tags)
+            self.client.set_terminated(self.run_id, status="FAILED" if status == STATUS_FAILED else "FINISHED")
+
+        call_with_retry(send, give_up=give_up)
 
 
 def _param_str(value: Any) -> str:

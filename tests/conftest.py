@@ -54,28 +54,54 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, l
     raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
 
 
+class MlflowServer:
+    """``mlflow server`` as a subprocess on 127.0.0.1:``port``: SQLite backend and artifacts under
+    ``root``. ``stop()`` and ``start()`` again keep the store and the port (an outage)."""
+
+    def __init__(self, root: Path, port: int | None = None):
+        self.root, self.port = root, port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "MlflowServer":
+        log = self.root / "server.log"
+        mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+        cmd = [
+            mlflow, "server",
+            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination", str(self.root / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--workers", "1",
+        ]  # fmt: skip
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True)
+        _wait_http(f"{self.uri}/health", timeout=90, proc=self.proc, log=log)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _terminate(self.proc)
+            self.proc = None
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory) -> str:
     """A real MLflow tracking server (SQLite + local artifacts); yields ``http://127.0.0.1:PORT``."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
-    log = root / "server.log"
-    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    cmd = [
-        mlflow, "server",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port),
-        "--workers", "1",
-    ]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow_server")).start()
     try:
-        _wait_http(f"{uri}/health", timeout=90, proc=proc, log=log)
-        yield uri
+        yield server.uri
     finally:
-        _terminate(proc)
+        server.stop()
+
+
+@pytest.fixture
+def restartable_mlflow_server(tmp_path_factory) -> MlflowServer:
+    """A tracking server of the test's own, which the test may stop and start (outages)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow_restartable")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def _terminate(proc: subprocess.Popen) -> None:

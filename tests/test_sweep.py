@@ -389,6 +389,58 @@ def test_interrupt_and_resume(tmp_path, mlflow_server, ray_cluster, how, executi
 
 
 @pytest.mark.slow
+def test_mlflow_outages_short_and_past_the_grace(tmp_path, restartable_mlflow_server, ray_cluster):
+    """The real tracking server goes away twice while trials train.
+
+    1. For longer than the (shortened) HTTP retry budget of each call but less than
+       tracking.outage_grace_s: the trials keep training and buffer their metrics, and the sweep
+       carries on when the server is back.
+    2. For longer than the grace: the sweep stops every search cleanly (exit 75, not a crash); the
+       server comes back within the driver's final wait, so the runs are marked interrupted.
+    Then resume=true finishes the study: every epoch of every trial is in MLflow exactly once,
+    nothing lost, nothing duplicated."""
+    from odyssey.sweep.cli import sweep_main
+    from odyssey.tracking import STATUS_INTERRUPTED
+
+    server = restartable_mlflow_server
+    name, epochs = "outage", 90
+    overrides = [
+        *tiny(tmp_path, name, variants=("vanilla",), samples=2, epochs=epochs),
+        "task.num_train=128", "train.batch_size=1", "train.patience=100",  # ~0.3-0.5 s per epoch
+        "execution=single", "tracking.outage_grace_s=30",
+        f"tracking.uri={server.uri}", f"ray.address={ray_cluster.address}",
+    ]  # fmt: skip
+    log = tmp_path / "driver.log"
+    proc = run_in_subprocess(overrides, {}, log)
+
+    def logged_epochs() -> list[int]:
+        return [int(r.data.metrics.get("epochs_logged", 0)) for r in trial_runs(server.uri, name)]
+
+    wait_for(lambda: len(logged_epochs()) == 2 and min(logged_epochs()) >= 2, 180, "two trials logging", proc, log)
+    before = max(logged_epochs())
+    server.stop()  # 1. a short outage: 3 s, plus the ~10 s the server takes to start again
+    time.sleep(3)
+    assert proc.poll() is None, log.read_text()[-3000:]
+    server.start()
+    assert "is back after" in log.read_text() or proc.poll() is None
+    wait_for(lambda: max(logged_epochs()) >= before + 6, 120, "training logged through the short outage", proc, log)
+
+    server.stop()  # 2. past the grace
+    wait_for(lambda: "stopping every search of the study" in log.read_text(), 120, "the sweep to give up", proc, log)
+    server.start()  # within the final wait: the driver marks the runs
+    code = proc.wait(timeout=120)
+    output = log.read_text()
+    assert code == 75, output[-3000:]
+    assert "unreachable for" in output and "Resume with: odyssey sweep" in output and "Traceback" not in output, output[-3000:]
+    client, parents, trials = study_runs(server.uri, name)
+    assert {t.data.tags[TAG_STATUS] for t in trials} <= {STATUS_INTERRUPTED, STATUS_COMPLETED, STATUS_DIVERGED}
+    assert parents[0].data.tags[TAG_STATUS] == STATUS_INTERRUPTED
+
+    assert sweep_main([*overrides, "resume=true"]) == 0
+    assert_study(server.uri, name, variants=["vanilla"], samples=2, epochs=epochs, statuses=(STATUS_COMPLETED, STATUS_DIVERGED))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "execution",
     [["execution=single", "study.max_concurrent_trials=1"], ["execution=pack", "execution.members=2"]],

@@ -106,6 +106,22 @@ class MlflowStatusCallback(Callback):
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._guarded(f"close the run of trial {trial.trial_id}", self._close_stopped, trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._guarded(f"record the failure of trial {trial.trial_id}", self._record_failure, trial)
+
+    def _guarded(self, what: str, fn, trial) -> None:
+        """An outage must not end the Tune loop: retry, and if the sweep gives up (it is being
+        stopped), say so; ``resume=true`` reconciles the run."""
+        from odyssey.sweep.outage import TrackingDown, guarded
+
+        try:
+            guarded(what, fn, trial)
+        except TrackingDown as exc:
+            print(f"[{self.ctx.plan.task}/{self.ctx.plan.variant}] {exc}", file=sys.stderr, flush=True)
+
+    def _close_stopped(self, trial) -> None:
         from odyssey.sweep import mlflow_runs
 
         run = self._run(trial)
@@ -116,7 +132,7 @@ class MlflowStatusCallback(Callback):
         mlf.set_tag(run.info.run_id, TAG_BUDGET_REACHED, "false")
         mlf.set_terminated(run.info.run_id, status="KILLED")
 
-    def on_trial_error(self, iteration, trials, trial, **info):
+    def _record_failure(self, trial) -> None:
         from odyssey.sweep import mlflow_runs
 
         mlf = mlflow_runs.client(self.ctx.tracking_uri)

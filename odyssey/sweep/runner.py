@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +30,9 @@ from urllib.parse import urlparse
 
 from odyssey.errors import ConfigError, ServiceError
 from odyssey.sweep import identity, interrupts, mlflow_runs
+from odyssey.sweep.outage import TrackingDown, TrackingWatch, guarded
 from odyssey.sweep.study import SearchPlan, SweepConfig
-from odyssey.tracking import ALL_STATUSES, TAG_ERROR, TAG_STATUS
+from odyssey.tracking import ALL_STATUSES, TAG_ERROR, TAG_STATUS, use_short_http_retries
 
 __all__ = ["SearchOutcome", "check_ray_address", "run_sweep"]
 
@@ -79,6 +81,7 @@ def check_ray_address(address: str | None, *, timeout: float = 3.0) -> None:
 
 def run_sweep(sweep: SweepConfig) -> list[SearchOutcome]:
     """Run every search of ``sweep`` (see the module docstring)."""
+    use_short_http_retries()  # outages: the driver retries itself (odyssey.sweep.outage)
     mlflow_runs.check_tracking_server(sweep.tracking_uri)
     check_ray_address(sweep.ray_address)
     experiment_id = mlflow_runs.ensure_experiment(sweep.tracking_uri, sweep.study.name)
@@ -133,7 +136,8 @@ def _run_searches(sweep: SweepConfig, experiment_id: str) -> list[SearchOutcome]
     _thread_safe_tune_registries()
     interrupts.reset()
     interrupts.install_tune_hook()
-    with interrupts.handle_stop_signals(resume_command(sweep)):
+    watch = TrackingWatch(sweep.tracking_uri, sweep.outage_grace_s)
+    with interrupts.handle_stop_signals(resume_command(sweep)), watch:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="odyssey-search") as pool:
             futures = [pool.submit(_run_search, sweep, plan, experiment_id) for plan in plans]
             try:
@@ -253,7 +257,9 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
         concurrency = ex.members * ex.packs
         print(f"[{plan.task}/{plan.variant}] {ex.packs} pack(s) of up to {ex.members} trials "
               f"({ex.cpu:g} CPU, {ex.gpu:g} GPU each)", flush=True)  # fmt: skip
-    parent = mlflow_runs.start_parent_run(
+    parent = guarded(
+        f"start the parent run of {plan.key}",
+        mlflow_runs.start_parent_run,
         sweep.tracking_uri,
         experiment_id,
         study=study.name,
@@ -324,13 +330,18 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
 
             stop_executors(*executors)
     interrupted = interrupts.stop_requested()
-    if interrupted:
-        marked = mlflow_runs.mark_interrupted(sweep.tracking_uri, experiment_id, parent)
-        print(f"[{plan.task}/{plan.variant}] interrupted: {marked} unfinished trial run(s) marked interrupted", flush=True)
-    outcome = _outcome(sweep, plan, experiment_id, parent)
-    mlflow_runs.finish_parent_run(
-        sweep.tracking_uri, parent, counts=outcome.counts, best=outcome.best, metric=plan.metric, interrupted=interrupted
-    )
+    try:
+        if interrupted:
+            marked = guarded(f"mark {plan.key}'s runs interrupted", mlflow_runs.mark_interrupted, sweep.tracking_uri, experiment_id, parent)
+            print(f"[{plan.task}/{plan.variant}] interrupted: {marked} unfinished trial run(s) marked interrupted", flush=True)
+        outcome = guarded(f"count {plan.key}'s trials", _outcome, sweep, plan, experiment_id, parent)
+        guarded(
+            f"close {plan.key}'s parent run", mlflow_runs.finish_parent_run, sweep.tracking_uri, parent,
+            counts=outcome.counts, best=outcome.best, metric=plan.metric, interrupted=interrupted,
+        )  # fmt: skip
+    except TrackingDown as exc:  # the sweep is stopping during an outage: resume=true reconciles
+        print(f"[{plan.task}/{plan.variant}] {exc}; resume=true will mark them", file=sys.stderr, flush=True)
+        return SearchOutcome(plan.task, plan.variant, parent)
     return outcome
 
 

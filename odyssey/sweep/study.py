@@ -227,6 +227,7 @@ class SweepConfig:
     space: SearchSpace
     searches: tuple[SearchPlan, ...]
     tracking_uri: str
+    outage_grace_s: float  # tracking.outage_grace_s: a longer MLflow outage stops the sweep
     ray_address: str | None  # null: RAY_ADDRESS or a Ray job's cluster, else a local runtime
     storage_path: Path  # absolute
     seed: int
@@ -274,6 +275,7 @@ def load_sweep(overrides: Sequence[str], *, cwd: Path | None = None) -> SweepCon
         space=space,
         searches=tuple(searches),
         tracking_uri=tracking.resolved_uri(cwd),
+        outage_grace_s=tracking.outage_grace_s,
         ray_address=ray_cfg.address or None,
         storage_path=storage,
         seed=seed,

@@ -44,6 +44,7 @@ ROLE_TRIAL = "trial"
 STATE_FILE = "trainer.pt"
 META_FILE = "odyssey.json"
 RUN_ID_KEY = "mlflow_run_id"  # also reported to Tune, so the driver finds the run without a search
+PENDING_KEY = "mlflow_pending"  # the metrics an outage kept from MLflow, carried by the checkpoint
 
 
 @dataclass(frozen=True)
@@ -81,20 +82,22 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     from odyssey.sweep import mlflow_runs
     from odyssey.tasks import build_task
-    from odyssey.tracking import MlflowTrialLogger
+    from odyssey.tracking import MlflowTrialLogger, call_with_retry, use_short_http_retries
     from odyssey.train import train_trial
 
+    use_short_http_retries()  # an outage: this trial buffers and retries; the driver decides when to stop
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(ctx, trial_id, config)
 
-    state, run_id = None, None
+    state, run_id, pending = None, None, None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-            run_id = json.loads((Path(folder) / META_FILE).read_text())[RUN_ID_KEY]
+            meta = json.loads((Path(folder) / META_FILE).read_text())
+            run_id, pending = meta[RUN_ID_KEY], meta.get(PENDING_KEY)
     if run_id is None:
-        found = mlflow_runs.find_trial_run(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id)
+        found = call_with_retry(mlflow_runs.find_trial_run, ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id)
         if found is not None:
             run_id = found.info.run_id
             if found.data.tags.get(TAG_STATUS) in STATUSES:  # finished before the driver died
@@ -102,7 +105,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                 return
 
     task = build_task(cfg.task)
-    logger = MlflowTrialLogger.start(
+    logger = call_with_retry(
+        MlflowTrialLogger.start,
         ctx.tracking_uri,
         ctx.experiment_name,
         cfg,
@@ -110,6 +114,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         parent_run_id=ctx.parent_run_id,
         run_name=f"{ctx.plan.variant}-{trial_id}",
         run_id=run_id,
+        pending=pending,
     )  # with run_id: reopens the run; epochs up to its last logged one are not logged again
 
     finished = []
@@ -119,7 +124,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         finished.append(result)
 
     def on_epoch(report) -> None:
-        logger(report)  # flushes with log_batch before the checkpoint below is taken
+        logger(report)  # flushes with log_batch before the checkpoint below is taken (or buffers)
         if report.result is not None:  # the last epoch: close the run before a scheduler can stop us here
             finish(report.result)
         metrics = {**report.metrics, "epoch": report.epoch, "best_epoch": report.best_epoch, RUN_ID_KEY: logger.run_id}
@@ -128,7 +133,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             return
         with tempfile.TemporaryDirectory(prefix="odyssey-ckpt-") as folder:
             torch.save(report.checkpoint(), Path(folder) / STATE_FILE)
-            (Path(folder) / META_FILE).write_text(json.dumps({RUN_ID_KEY: logger.run_id, "epoch": report.epoch}))
+            meta = {RUN_ID_KEY: logger.run_id, "epoch": report.epoch, PENDING_KEY: logger.state()}
+            (Path(folder) / META_FILE).write_text(json.dumps(meta))  # metrics not yet in MLflow travel too
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     if ctx.packs:
