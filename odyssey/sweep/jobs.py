@@ -101,9 +101,16 @@ def job_server(address: str | None) -> str:
             f"job server address {address!r} is not an http(s) URL: jobs go to the head's dashboard, "
             "e.g. http://HEAD:8265 (not the GCS address HEAD:6379)"
         )
+    from odyssey.sweep.connect import auth_headers, token_error
+
+    request = urllib.request.Request(address.rstrip("/") + "/api/version", headers=auth_headers())
     try:
-        with urllib.request.urlopen(address.rstrip("/") + "/api/version", timeout=5):
+        with urllib.request.urlopen(request, timeout=5):
             pass
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):  # Ray's token authentication: no token, or not the cluster's
+            raise ServiceError(token_error(address)) from None
+        raise ServiceError(f"Ray job server {address} answered HTTP {exc.code} ({exc.reason})") from None
     except (OSError, urllib.error.URLError) as exc:
         raise ServiceError(
             f"Ray job server {address} is not reachable ({getattr(exc, 'reason', exc)}); is the head node "
