@@ -112,6 +112,7 @@ class TrackingConfig:
     # A sweep rides out tracking-server outages (trials buffer their metrics); one longer than
     # this stops the sweep cleanly, its runs resumable (odyssey.sweep.outage).
     outage_grace_s: float = 600.0
+    system_metrics: bool = True  # sweep trials: MLflow's CPU, memory and GPU utilisation metrics
 
     def __post_init__(self) -> None:
         check_fields(self, "tracking")

@@ -12,7 +12,9 @@ from odyssey.tracking import (
     STATUS_FAILED,
     TAG_ROLE,
     MlflowTrialLogger,
+    quiet_mlflow_urls,
     trial_tags,
+    where_to_look,
 )
 from odyssey.train import train_trial
 
@@ -27,6 +29,7 @@ def main(argv: list[str]) -> int:
             "  groups: variant, task, model, protocol; keys: seed, train.*, model.*, task.*, tracking.*"
         )
         return 0
+    quiet_mlflow_urls()
     cfg = compose("train", argv)
     trial = trial_config(cfg)
     tracking = typed(cfg.get("tracking"), TrackingConfig, "tracking")
@@ -37,6 +40,8 @@ def main(argv: list[str]) -> int:
         uri = tracking.resolved_uri(Path.cwd())
         logger = _start_logger(uri, tracking.experiment, trial, task)
         print(f"MLflow: run {logger.run_id} in experiment {tracking.experiment!r} at {uri}", file=sys.stderr)
+        experiment_id = logger.client.get_run(logger.run_id).info.experiment_id
+        print(where_to_look(uri, experiment_id), file=sys.stderr)
     try:
         result = train_trial(trial, callback=logger, task=task, progress=True)
     except BaseException:

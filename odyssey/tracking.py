@@ -7,8 +7,12 @@ Run schema (the analysis reads it back, so it is part of the public contract):
   ``momentum``, ``input_noise``.
 * per-epoch metrics (step = epoch, 1-based): ``train/loss``, ``val/<metric>`` for each of the
   task's metrics.
+* searched hyperparameters (sweep trials) in analysis units, as numeric metrics ``hp/<coordinate>``
+  (``hp/log10_lr``...): MLflow sorts and charts metrics by value, params as text.
 * final metrics: ``test/<metric>`` and ``best_val/<metric>`` at the best validation epoch,
   ``best_epoch``, ``epochs``.
+* parent (search) runs carry metrics of their own, ``search/trials/<status>`` (counts) and
+  ``search/best_val/<metric>``, so that grouping runs by variant in the UI averages trials only.
 * tags: see the ``TAG_*`` constants; ``odyssey.status`` is one of ``ALL_STATUSES``: a final one
   (``STATUSES``), ``running``, or ``interrupted`` (the sweep was stopped; ``resume=true`` continues
   the run, and ``odyssey analyze`` leaves it out until then).
@@ -42,6 +46,8 @@ STATUSES = (STATUS_COMPLETED, STATUS_STOPPED, STATUS_DIVERGED, STATUS_FAILED)  #
 ALL_STATUSES = (*STATUSES, STATUS_INTERRUPTED, STATUS_RUNNING)
 
 SEARCHED_PARAMS = ("hidden_size", "lr", "momentum", "input_noise")
+SEARCH_METRIC_PREFIX = "search/"  # the metrics of parent runs
+HP_METRIC_PREFIX = "hp/"  # a trial's searched hyperparameters in analysis units
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,7 +186,7 @@ class MlflowTrialLogger:
         client = MlflowClient(tracking_uri)
         if run_id is not None:
             run = client.get_run(run_id)
-            last = int(run.data.metrics.get("epochs_logged", 0))
+            last = last_complete_epoch(client, run)
             if run.info.status != "RUNNING":
                 client.update_run(run_id, status="RUNNING")
             if run.data.tags.get(TAG_STATUS) != STATUS_RUNNING:  # e.g. interrupted, now resumed
@@ -205,7 +211,6 @@ class MlflowTrialLogger:
         now = int(time.time() * 1000)
         for key, value in report.metrics.items():
             self._pending.append(Metric(key, float(value), now, report.epoch))
-        self._pending.append(Metric("epochs_logged", float(report.epoch), now, report.epoch))
         self.last_logged_epoch = report.epoch
         if report.epoch % self.flush_every == 0:
             self.flush()
@@ -259,6 +264,47 @@ class MlflowTrialLogger:
             self.client.set_terminated(self.run_id, status="FAILED" if status == STATUS_FAILED else "FINISHED")
 
         call_with_retry(send, give_up=give_up)
+
+
+def last_complete_epoch(client: "MlflowClient", run) -> int:
+    """The last epoch all of whose per-epoch metrics (``train/*``, ``val/*``) reached run ``run``
+    (0 if none): a resumed trial logs only the epochs after it, so no step is written twice."""
+    keys = [k for k in run.data.metrics if k.startswith(("train/", "val/"))]
+    if not keys:
+        return 0
+    return min(max((m.step for m in client.get_metric_history(run.info.run_id, k)), default=0) for k in keys)
+
+
+def experiment_url(uri: str, experiment_id: str) -> str:
+    """Where a study's runs are in the MLflow UI, in the model-training view (MLflow 3 opens an
+    experiment in its GenAI view otherwise). For a local store: the URL of ``mlflow ui``."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def where_to_look(uri: str, experiment_id: str) -> str:
+    """One line telling a user how to open the study in the MLflow UI."""
+    url = experiment_url(uri, experiment_id)
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow UI: {url}"
+    return f"MLflow UI: `mlflow ui --backend-store-uri {uri}`, then {url}"
+
+
+def trial_run_name(variant: str, trial_id: str) -> str:
+    """A readable run name: the variant and the trial's index in its search (``vanilla-007``);
+    searchers that name trials by hash keep 8 characters of it."""
+    import re
+
+    match = re.search(r"_(\d+)$", trial_id)
+    return f"{variant}-{int(match.group(1)):03d}" if match else f"{variant}-{trial_id[:8]}"
+
+
+def quiet_mlflow_urls() -> None:
+    """MLflow 3 prints a "View run" line (in its GenAI view) each time a run ends: hundreds in a
+    sweep. odyssey prints the study's URL itself (:func:`where_to_look`)."""
+    import os
+
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def _param_str(value: Any) -> str:

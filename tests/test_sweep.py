@@ -7,6 +7,7 @@ everything back from the tracking server with ``MlflowClient``.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -88,12 +89,18 @@ def assert_study(uri: str, name: str, *, variants, samples, epochs, statuses=(ST
     for p in parents:
         assert p.data.tags[TAG_SEARCH] == "random" and p.data.tags[TAG_SCHEDULER] == "fifo"
         assert p.data.tags[TAG_TASK] == "adding" and p.info.status == "FINISHED"
-        assert p.data.metrics["trials/completed"] + p.data.metrics["trials/failed"] + p.data.metrics[
-            "trials/diverged"
+        assert not any(k.startswith(("best_val/", "trials/")) for k in p.data.metrics)  # names of their own
+        assert p.data.metrics["search/trials/completed"] + p.data.metrics["search/trials/failed"] + p.data.metrics[
+            "search/trials/diverged"
         ] == samples
     for t in trials:
         tags, params, metrics = t.data.tags, t.data.params, t.data.metrics
         assert tags[TAG_STATUS] in statuses, tags[TAG_STATUS]
+        assert t.info.run_name == f"{tags[TAG_VARIANT]}-{int(tags[TAG_TRIAL_ID].rsplit('_', 1)[1]):03d}"  # readable
+        # the searched values as numbers in analysis units (params are strings: they sort as text)
+        assert metrics["hp/log10_lr"] == pytest.approx(math.log10(float(params["train.lr"])))
+        assert metrics["hp/log10_hidden_size"] == pytest.approx(math.log10(int(params["model.hidden_size"])))
+        assert "epochs_logged" not in metrics and not any(k.startswith("search/") for k in metrics)
         assert tags[TAG_TASK] == "adding" and tags[TAG_SEARCH] == "random" and tags[TAG_SCHEDULER] == "fifo"
         assert {"odyssey.seed", "odyssey.params_count", TAG_BUDGET_REACHED} <= set(tags)
         assert 4 <= int(params["hidden_size"]) <= 8 and 1e-3 <= float(params["lr"]) <= 1e-1
@@ -235,6 +242,11 @@ def test_sweep_end_to_end(tmp_path, mlflow_server, ray_cluster, capsys):
     assert_study(mlflow_server, name, variants=["vanilla", "nfg"], samples=3, epochs=2)
     out = capsys.readouterr().out
     assert "[adding/vanilla] 3/3 done, 0 running, 0 failed" in out and "best val/mse" in out
+    # the study's URL opens MLflow's model-training view, at the start and at the end; MLflow's
+    # own "View run" lines (one per run, in its GenAI view) are not printed
+    experiment_id = study_runs(mlflow_server, name)[0].get_experiment_by_name(name).experiment_id
+    url = f"MLflow UI: {mlflow_server}/#/experiments/{experiment_id}?workflowType=machine_learning"
+    assert out.count(url) == 2 and "View run" not in out, out[-2000:]
     print(f"e2e sweep: 6 trials in {elapsed:.1f}s")
 
     # Running the same study again without resume=true is refused (it would duplicate trials).
@@ -258,7 +270,7 @@ def test_tpe_search_end_to_end(tmp_path, mlflow_server, ray_cluster, capsys):
     assert sweep_main(overrides) == 0
     client, parents, trials = study_runs(mlflow_server, name)
     assert len(parents) == 1 and parents[0].data.tags[TAG_SEARCH] == "tpe"
-    assert parents[0].data.metrics["trials/completed"] == 4 and len(trials) == 4
+    assert parents[0].data.metrics["search/trials/completed"] == 4 and len(trials) == 4
     seeds, points = set(), set()
     for t in trials:
         tags, params = t.data.tags, t.data.params
@@ -376,14 +388,15 @@ def test_interrupt_and_resume(tmp_path, mlflow_server, ray_cluster, how, executi
         statuses = Counter(r.data.tags[TAG_STATUS] for r in before)
         assert set(statuses) <= {STATUS_COMPLETED, STATUS_INTERRUPTED}, statuses  # none left "running"
         assert all(r.info.status == "KILLED" for r in before if r.data.tags[TAG_STATUS] == STATUS_INTERRUPTED)
-        assert parent.data.metrics["trials/interrupted"] == statuses[STATUS_INTERRUPTED]
-        assert parent.data.metrics["trials/completed"] == statuses[STATUS_COMPLETED]
+        assert parent.data.metrics["search/trials/interrupted"] == statuses[STATUS_INTERRUPTED]
+        assert parent.data.metrics["search/trials/completed"] == statuses[STATUS_COMPLETED]
 
     assert sweep_main([*overrides, "resume=true"]) == 0
     client, parents, trials = assert_study(mlflow_server, name, variants=["vanilla"], samples=4, epochs=3)
     assert len(parents) == 1
-    counts = {k: v for k, v in parents[0].data.metrics.items() if k.startswith("trials/")}
-    assert counts["trials/completed"] == 4 and counts["trials/running"] == counts["trials/interrupted"] == 0, counts
+    counts = {k: v for k, v in parents[0].data.metrics.items() if k.startswith("search/trials/")}
+    assert counts["search/trials/completed"] == 4, counts
+    assert counts["search/trials/running"] == counts["search/trials/interrupted"] == 0, counts
     # the runs that existed before the interruption were continued, not duplicated
     assert {r.info.run_id for r in before} <= {t.info.run_id for t in trials}
 
@@ -414,7 +427,11 @@ def test_mlflow_outages_short_and_past_the_grace(tmp_path, restartable_mlflow_se
     proc = run_in_subprocess(overrides, {}, log)
 
     def logged_epochs() -> list[int]:
-        return [int(r.data.metrics.get("epochs_logged", 0)) for r in trial_runs(server.uri, name)]
+        from mlflow import MlflowClient
+
+        client = MlflowClient(server.uri)
+        return [max((m.step for m in client.get_metric_history(r.info.run_id, "train/loss")), default=0)
+                for r in trial_runs(server.uri, name)]  # fmt: skip
 
     wait_for(lambda: len(logged_epochs()) == 2 and min(logged_epochs()) >= 2, 180, "two trials logging", proc, log)
     before = max(logged_epochs())
@@ -437,7 +454,11 @@ def test_mlflow_outages_short_and_past_the_grace(tmp_path, restartable_mlflow_se
     assert parents[0].data.tags[TAG_STATUS] == STATUS_INTERRUPTED
 
     assert sweep_main([*overrides, "resume=true"]) == 0
-    assert_study(server.uri, name, variants=["vanilla"], samples=2, epochs=epochs, statuses=(STATUS_COMPLETED, STATUS_DIVERGED))
+    client, _, trials = assert_study(
+        server.uri, name, variants=["vanilla"], samples=2, epochs=epochs, statuses=(STATUS_COMPLETED, STATUS_DIVERGED)
+    )
+    # trials this long (> 10 s) carry MLflow's system metrics (tracking.system_metrics)
+    assert all("system/cpu_utilization_percentage" in t.data.metrics for t in trials), [sorted(t.data.metrics) for t in trials]
 
 
 @pytest.mark.slow
@@ -520,7 +541,7 @@ def test_failing_trials_are_retried_then_recorded_as_failed(tmp_path, mlflow_ser
         text = Path(download_artifacts(run_id=t.info.run_id, artifact_path="error.txt", tracking_uri=mlflow_server)).read_text()
         assert 'File "' in text and "in build_task" in text and "\x1b[" not in text, text[-2000:]
         assert "DataError" in text.strip().splitlines()[-1], text[-2000:]
-    assert parents[0].data.metrics["trials/failed"] == 2
+    assert parents[0].data.metrics["search/trials/failed"] == 2
     assert out.count("retrying from its last checkpoint") == 2 and "[adding/vanilla] finished: 2 failed" not in out
     assert "[jsb/vanilla] finished: 2 failed" in out
 

@@ -33,6 +33,7 @@ from odyssey.analysis.errors import TooFewTrialsError
 from odyssey.analysis.fanova import FanovaResult, fanova
 from odyssey.analysis.rules import RULES, count_table, fanova_mask, ttest_mask
 from odyssey.analysis.study import COORDINATES, Study, coordinates, load_study, mixed_sweeps
+from odyssey.tracking import where_to_look
 
 MIN_FANOVA_TRIALS = 10
 MIN_GROUP_TRIALS = 2
@@ -259,4 +260,5 @@ def format_terminal(report: AnalysisReport) -> str:
     lines += ["", f"report: {report.html}"]
     if report.analysis_run_id:
         lines.append(f"logged to MLflow run {report.analysis_run_id} ({report.study.tracking_uri})")
+        lines.append(where_to_look(report.study.tracking_uri, report.study.experiment_id))
     return "\n".join(lines)

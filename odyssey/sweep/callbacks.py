@@ -152,7 +152,7 @@ class MlflowStatusCallback(Callback):
 
     def _create_failed_run(self, trial) -> str:
         from odyssey.sweep.trainable import params_count, trial_config, trial_run_tags
-        from odyssey.tracking import MlflowTrialLogger
+        from odyssey.tracking import MlflowTrialLogger, trial_run_name
 
         ctx = self.ctx
         cfg = trial_config(ctx, trial.trial_id, trial.config)
@@ -162,7 +162,7 @@ class MlflowStatusCallback(Callback):
             count = -1
         logger = MlflowTrialLogger.start(
             ctx.tracking_uri, ctx.experiment_name, cfg, tags=trial_run_tags(ctx, cfg, trial.trial_id, count),
-            parent_run_id=ctx.parent_run_id, run_name=f"{ctx.plan.variant}-{trial.trial_id}",
+            parent_run_id=ctx.parent_run_id, run_name=trial_run_name(ctx.plan.variant, trial.trial_id),
         )  # fmt: skip
         logger.finish(None, STATUS_FAILED)
         return logger.run_id

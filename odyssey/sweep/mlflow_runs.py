@@ -16,6 +16,7 @@ from typing import Any
 from odyssey.errors import ServiceError
 from odyssey.tracking import (
     ALL_STATUSES,
+    SEARCH_METRIC_PREFIX,
     STATUS_INTERRUPTED,
     STATUS_RUNNING,
     STATUSES,
@@ -134,9 +135,10 @@ def finish_parent_run(
 
     mlf = client(uri)
     now = int(time.time() * 1000)
-    metrics = [Metric(f"trials/{status}", float(counts.get(status, 0)), now, 0) for status in ALL_STATUSES]
+    prefix = SEARCH_METRIC_PREFIX
+    metrics = [Metric(f"{prefix}trials/{status}", float(counts.get(status, 0)), now, 0) for status in ALL_STATUSES]
     if best is not None:
-        metrics.append(Metric(f"best_val/{metric.split('/', 1)[-1]}", float(best), now, 0))
+        metrics.append(Metric(f"{prefix}best_val/{metric.split('/', 1)[-1]}", float(best), now, 0))
     mlf.log_batch(run_id, metrics=metrics, tags=[])
     if interrupted:
         mlf.set_tag(run_id, TAG_STATUS, STATUS_INTERRUPTED)

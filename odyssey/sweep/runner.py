@@ -32,7 +32,14 @@ from odyssey.errors import ConfigError, ServiceError
 from odyssey.sweep import identity, interrupts, mlflow_runs
 from odyssey.sweep.outage import TrackingDown, TrackingWatch, guarded
 from odyssey.sweep.study import SearchPlan, SweepConfig
-from odyssey.tracking import ALL_STATUSES, TAG_ERROR, TAG_STATUS, use_short_http_retries
+from odyssey.tracking import (
+    ALL_STATUSES,
+    TAG_ERROR,
+    TAG_STATUS,
+    quiet_mlflow_urls,
+    use_short_http_retries,
+    where_to_look,
+)
 
 __all__ = ["SearchOutcome", "check_ray_address", "run_sweep"]
 
@@ -82,6 +89,7 @@ def check_ray_address(address: str | None, *, timeout: float = 3.0) -> None:
 def run_sweep(sweep: SweepConfig) -> list[SearchOutcome]:
     """Run every search of ``sweep`` (see the module docstring)."""
     use_short_http_retries()  # outages: the driver retries itself (odyssey.sweep.outage)
+    quiet_mlflow_urls()
     mlflow_runs.check_tracking_server(sweep.tracking_uri)
     check_ray_address(sweep.ray_address)
     experiment_id = mlflow_runs.ensure_experiment(sweep.tracking_uri, sweep.study.name)
@@ -114,10 +122,14 @@ def _run_claimed(sweep: SweepConfig, experiment_id: str) -> list[SearchOutcome]:
     try:
         print(
             f"study {sweep.study.name!r}: {len(sweep.searches)} search(es) x {sweep.study.num_samples} trial(s); "
-            f"MLflow {sweep.tracking_uri} (experiment {sweep.study.name!r}); Ray results {sweep.storage_path}",
+            f"MLflow {sweep.tracking_uri} (experiment {sweep.study.name!r}); Ray results {sweep.storage_path}\n"
+            f"{where_to_look(sweep.tracking_uri, experiment_id)}",
             flush=True,
         )
-        return _run_searches(sweep, experiment_id)
+        try:
+            return _run_searches(sweep, experiment_id)
+        finally:
+            print(where_to_look(sweep.tracking_uri, experiment_id), flush=True)
     finally:
         if started:
             ray.shutdown()
@@ -285,6 +297,7 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
         scheduler=sweep.scheduler.name,
         checkpoint_every=study.checkpoint_every,
         packs=packs,
+        system_metrics=sweep.system_metrics,
     )
     resources = {"cpu": study.resources_per_trial.cpu, "gpu": study.resources_per_trial.gpu}
     if packs:

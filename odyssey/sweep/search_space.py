@@ -86,6 +86,26 @@ class Param:
             return min(int(math.exp(rng.uniform(math.log(low), math.log(high + 1)))), int(high))
         return self.values[int(rng.integers(len(self.values)))]
 
+    @property
+    def coordinate(self) -> str:
+        """The parameter's name in analysis units (the paper's axes): ``log10_<key>`` on a log
+        scale, ``log10_one_minus_<key>`` for one_minus_* dists, else ``<key>``; e.g. ``log10_lr``."""
+        key = self.path.split(".", 1)[1]
+        if self.dist.startswith("one_minus_"):
+            return f"log10_one_minus_{key}"
+        return f"log10_{key}" if self.dist.startswith("loguniform") else key
+
+    def coordinate_value(self, value: Any) -> float:
+        """A config value in analysis units (see ``coordinate``); a choice is its value when
+        numeric (booleans as 0/1), else its index among ``values``."""
+        if self.dist.startswith("one_minus_"):
+            return math.log10(1.0 - float(value)) if value < 1 else -math.inf
+        if self.dist.startswith("loguniform"):
+            return math.log10(float(value)) if value > 0 else -math.inf
+        if self.dist == "choice" and not isinstance(value, (int, float)) or value is None:
+            return float(list(self.values).index(value))
+        return float(value)
+
     def domain(self):
         """The Ray Tune domain (imports Ray lazily: the rest of this module is pure)."""
         from ray import tune
@@ -118,6 +138,14 @@ class SearchSpace:
     def sample(self, rng) -> dict[str, Any]:
         """One random-search draw of every parameter, keyed like a Tune config (see ``Param.sample``)."""
         return {p.tune_key: p.sample(rng) for p in self.params}
+
+    def coordinates(self, cfg) -> dict[str, float]:
+        """The searched values of a trial config ``cfg`` in analysis units, by coordinate name."""
+        out = {}
+        for p in self.params:
+            section, key = p.path.split(".", 1)
+            out[p.coordinate] = p.coordinate_value(getattr(getattr(cfg, section), key))
+        return out
 
     def flat(self, sampled: Mapping[str, Any]) -> dict[str, Any]:
         """Decoded values keyed by path, e.g. ``{"train.momentum": 0.9}`` (for display)."""

@@ -228,6 +228,7 @@ class SweepConfig:
     searches: tuple[SearchPlan, ...]
     tracking_uri: str
     outage_grace_s: float  # tracking.outage_grace_s: a longer MLflow outage stops the sweep
+    system_metrics: bool  # tracking.system_metrics
     ray_address: str | None  # null: RAY_ADDRESS or a Ray job's cluster, else a local runtime
     storage_path: Path  # absolute
     seed: int
@@ -276,6 +277,7 @@ def load_sweep(overrides: Sequence[str], *, cwd: Path | None = None) -> SweepCon
         searches=tuple(searches),
         tracking_uri=tracking.resolved_uri(cwd),
         outage_grace_s=tracking.outage_grace_s,
+        system_metrics=tracking.system_metrics,
         ray_address=ray_cfg.address or None,
         storage_path=storage,
         seed=seed,

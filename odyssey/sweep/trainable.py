@@ -62,6 +62,7 @@ class TrialContext:
     scheduler: str
     checkpoint_every: int = 1
     packs: int = 0  # > 0: the search's trials train in this many pack executors (execution=pack)
+    system_metrics: bool = True  # tracking.system_metrics: MLflow's CPU/memory/GPU metrics per trial
 
 
 def trial_seed(base_seed: int, trial_id: str, sampled: dict[str, Any]) -> int:
@@ -82,10 +83,11 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     from odyssey.sweep import mlflow_runs
     from odyssey.tasks import build_task
-    from odyssey.tracking import MlflowTrialLogger, call_with_retry, use_short_http_retries
+    from odyssey.tracking import MlflowTrialLogger, call_with_retry, quiet_mlflow_urls, trial_run_name, use_short_http_retries
     from odyssey.train import train_trial
 
     use_short_http_retries()  # an outage: this trial buffers and retries; the driver decides when to stop
+    quiet_mlflow_urls()
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(ctx, trial_id, config)
 
@@ -112,10 +114,15 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         cfg,
         tags=trial_run_tags(ctx, cfg, trial_id, params_count(cfg, task)),
         parent_run_id=ctx.parent_run_id,
-        run_name=f"{ctx.plan.variant}-{trial_id}",
+        run_name=trial_run_name(ctx.plan.variant, trial_id),
         run_id=run_id,
         pending=pending,
     )  # with run_id: reopens the run; epochs up to its last logged one are not logged again
+    if run_id is None:  # a new run: the searched values as numbers, for sorting and charts
+        call_with_retry(log_hyperparameters, logger, ctx.space.coordinates(cfg))
+    monitor = None
+    if ctx.system_metrics and not ctx.packs:  # a packed trial's proxy computes nothing
+        monitor = start_system_metrics(logger.run_id, ctx.tracking_uri, resumed=run_id is not None)
 
     finished = []
 
@@ -137,12 +144,46 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             (Path(folder) / META_FILE).write_text(json.dumps(meta))  # metrics not yet in MLflow travel too
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    if ctx.packs:
-        result = train_in_pack(ctx, trial_id, cfg, state, on_epoch)
-    else:
-        result = train_trial(cfg, callback=on_epoch, resume_from=state, task=task)
-    if not finished:  # diverged (no report for that epoch), or resumed after its last epoch
-        finish(result)
+    try:
+        if ctx.packs:
+            result = train_in_pack(ctx, trial_id, cfg, state, on_epoch)
+        else:
+            result = train_trial(cfg, callback=on_epoch, resume_from=state, task=task)
+        if not finished:  # diverged (no report for that epoch), or resumed after its last epoch
+            finish(result)
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
+def log_hyperparameters(logger, coordinates: dict[str, float]) -> None:
+    """``hp/<coordinate>`` metrics: the trial's searched values in analysis units (log10 lr...)."""
+    import math
+    import time
+
+    from mlflow.entities import Metric
+
+    from odyssey.tracking import HP_METRIC_PREFIX
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"{HP_METRIC_PREFIX}{k}", v, now, 0) for k, v in coordinates.items() if math.isfinite(v)]
+    if metrics:
+        logger.client.log_batch(logger.run_id, metrics=metrics)
+
+
+def start_system_metrics(run_id: str, tracking_uri: str, *, resumed: bool):
+    """MLflow's system metrics (CPU, memory, GPU where pynvml finds one) for a trial's own process,
+    sampled every 10 s; None where MLflow cannot monitor (psutil missing)."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(
+            run_id, sampling_interval=10, samples_before_logging=1, resume_logging=resumed, tracking_uri=tracking_uri
+        )
+        monitor.start()
+        return monitor
+    except Exception:  # noqa: BLE001 - an optional view; training goes on without it
+        return None
 
 
 def train_in_pack(ctx: TrialContext, trial_id: str, cfg, state: dict | None, on_epoch):
