@@ -390,6 +390,21 @@ def test_analyze_end_to_end(study_uri, tmp_path, capsys):
     on_parent = {a.path for a in client.list_artifacts(parents[0].info.run_id, "analysis")}
     assert "analysis/fanova_adding_nfg.png" in on_parent and "analysis/fanova_adding_nfg.csv" in on_parent
 
+    # the results are metrics too (MLflow charts and compares them across searches and studies)
+    nfg_all = allt.loc["nfg"]
+    on_analysis = runs[0].data.metrics
+    assert on_analysis["adding/nfg/all/p_value"] == pytest.approx(nfg_all["p_value"])
+    assert on_analysis["adding/nfg/all/mean"] == pytest.approx(nfg_all["mean"])
+    assert on_analysis["adding/nfg/all/median"] == pytest.approx(nfg_all["median"])
+    assert on_analysis["adding/nfg/all/significant"] == 1.0 and on_analysis["adding/cifg/all/significant"] == 0.0
+    lr = fa[(fa["variant"] == "nfg") & (fa["key"] == "log10_lr")].iloc[0]
+    assert on_analysis["adding/nfg/fanova/log10_lr"] == pytest.approx(lr["fraction"])
+    assert on_analysis["adding/nfg/fanova/log10_lr/std"] == pytest.approx(lr["std"])
+    parent = parents[0].data.metrics
+    assert parent["analysis/all/p_value"] == pytest.approx(nfg_all["p_value"]) and parent["analysis/all/significant"] == 1.0
+    assert parent["analysis/fanova/log10_lr"] == pytest.approx(lr["fraction"])
+    assert "analysis/all/p_value" not in on_analysis  # the baseline has no test: no p-value metric
+
 
 def test_analyze_unknown_study_lists_available(study_uri, tmp_path):
     with pytest.raises(StudyNotFoundError, match="no study named 'nope'.*available: .*synthetic"):

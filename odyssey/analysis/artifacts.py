@@ -4,21 +4,62 @@ everything, and each (task, variant) parent search run getting its own figures a
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 
 from odyssey.analysis.study import ROLE_ANALYSIS, Study
 from odyssey.errors import ServiceError
 from odyssey.tracking import TAG_ROLE, TAG_STUDY
 
 
-def log_analysis(study: Study, out_dir: Path, pair_files: dict[tuple[str, str], list[Path]]) -> str:
+def result_metrics(comparison: pd.DataFrame, fanova_table: pd.DataFrame) -> dict[tuple[str, str], dict[str, float]]:
+    """The analysis results as MLflow metrics, per (task, variant), so that MLflow charts and
+    compares them across searches and studies: for each comparison subset (``all``, ``top10``)
+    ``analysis/<subset>/{mean,median,p_value,significant}`` (significant as 1/0; no p-value where
+    the test was not made), and ``analysis/fanova/<key>`` with its spread over the forest's trees
+    ``analysis/fanova/<key>/std``."""
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for r in comparison.itertuples(index=False):
+        m = out.setdefault((r.task, r.variant), {})
+        for name in ("mean", "median", "p_value"):
+            value = getattr(r, name)
+            if value is not None and np.isfinite(float(value)):
+                m[f"analysis/{r.subset}/{name}"] = float(value)
+        if r.p_value is not None and np.isfinite(float(r.p_value)):
+            m[f"analysis/{r.subset}/significant"] = float(bool(r.significant))
+    for r in fanova_table.itertuples(index=False):
+        if not r.key or not np.isfinite(float(r.fraction)):
+            continue
+        key = _metric_name(r.key)
+        m = out.setdefault((r.task, r.variant), {})
+        m[f"analysis/fanova/{key}"] = float(r.fraction)
+        if np.isfinite(float(r.std)):
+            m[f"analysis/fanova/{key}/std"] = float(r.std)
+    return out
+
+
+def _metric_name(text: str) -> str:
+    """MLflow metric names take letters, digits, ``_-. /``: anything else becomes ``_``."""
+    return re.sub(r"[^\w\-. /]", "_", text).strip()
+
+
+def log_analysis(
+    study: Study, out_dir: Path, pair_files: dict[tuple[str, str], list[Path]], metrics: dict[tuple[str, str], dict[str, float]]
+) -> str:
     """Log ``out_dir`` on a new run tagged ``odyssey.role=analysis``; return its run id.
 
     Args:
         study: the study analysed (experiment and parent runs).
         out_dir: the folder written by the analysis.
         pair_files: per (task, variant), files to log on that pair's parent search run.
+        metrics: per (task, variant), :func:`result_metrics`: logged on that pair's parent run
+            as they are, and on the analysis run as ``<task>/<variant>/<name>``.
     """
+    from mlflow.entities import Metric
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -30,11 +71,22 @@ def log_analysis(study: Study, out_dir: Path, pair_files: dict[tuple[str, str], 
             tags={TAG_ROLE: ROLE_ANALYSIS, TAG_STUDY: study.name},
         )
         run_id = run.info.run_id
+        now = int(time.time() * 1000)
+        flat = [
+            Metric(f"{task}/{variant}/{name.removeprefix('analysis/')}", value, now, 0)
+            for (task, variant), values in metrics.items()
+            for name, value in values.items()
+        ]
+        for i in range(0, len(flat), 1000):
+            client.log_batch(run_id, metrics=flat[i : i + 1000])
         client.log_artifacts(run_id, str(out_dir))
         client.set_terminated(run_id)
         for row in study.searches.itertuples(index=False):
             for path in pair_files.get((row.task, row.variant), []):
                 client.log_artifact(row.run_id, str(path), artifact_path="analysis")
+            own = [Metric(k, v, now, 0) for k, v in metrics.get((row.task, row.variant), {}).items()]
+            if own:
+                client.log_batch(row.run_id, metrics=own)
     except MlflowException as exc:
         raise ServiceError(f"could not log the analysis to {study.tracking_uri}: {exc}") from None
     return run_id

@@ -194,9 +194,10 @@ def analyze_study(
         files.append(csv)
     write_html(report)
     if log:
-        from odyssey.analysis.artifacts import log_analysis
+        from odyssey.analysis.artifacts import log_analysis, result_metrics
 
-        report.analysis_run_id = log_analysis(study, out, pair_files)
+        metrics = result_metrics(report.comparison, report.fanova_table)
+        report.analysis_run_id = log_analysis(study, out, pair_files, metrics)
     return report
 
 
