@@ -18,8 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "logs": ("odyssey.sweep.jobs:logs_main", "print (or follow) a Ray Job's logs: odyssey logs ID"),
     "stop": ("odyssey.sweep.jobs:stop_main", "stop a Ray Job: odyssey stop ID"),
     "analyze": ("odyssey.analysis.cli:main", "variant comparison and fANOVA report of a study"),
+    "export": ("odyssey.analysis.optuna_export:main", "a study for other tools: odyssey export optuna STUDY [--storage URL]"),
     "bench": ("odyssey.bench:main", "benchmarks: odyssey bench cells | odyssey bench study"),
     "data": ("odyssey.cli:data_main", "datasets: odyssey data fetch jsb [--dest DIR]"),
+    "clean": ("odyssey.sweep.clean:clean_main", "free a finished study's disk: trial checkpoints (--logs: its Ray sessions)"),
 }
 
 

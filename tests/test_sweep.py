@@ -281,7 +281,36 @@ def test_tpe_search_end_to_end(tmp_path, mlflow_server, ray_cluster, capsys):
         seeds.add(tags["odyssey.seed"])
         points.add((params["hidden_size"], params["lr"], params["momentum"], params["input_noise"]))
     assert len(seeds) == 4 and len(points) == 4  # every trial its own sample and seed
-    assert "[adding/vanilla] 4/4 done, 0 running, 0 failed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[adding/vanilla] 4/4 done, 0 running, 0 failed" in out
+
+    # TPE's study is persistent (optuna-dashboard shows it live): the 4 trials with their values
+    import optuna
+
+    live_url = f"sqlite:///{tmp_path / 'ray_results' / name / 'optuna.db'}"
+    assert f"optuna-dashboard {live_url}" in out
+    live = optuna.load_study(study_name=f"{name}/adding__vanilla", storage=live_url)
+    by_run = {t.info.run_id: t for t in trials}
+    assert len(live.trials) == 4
+    assert sorted(t.params["train.lr"] for t in live.trials) == pytest.approx(sorted(float(t.data.params["train.lr"]) for t in trials))
+
+    # the export (random search works the same way) reads back with Optuna: count, values, states
+    from odyssey.analysis.optuna_export import main as export_main
+
+    storage = f"sqlite:///{tmp_path / 'export.db'}"
+    assert export_main(["optuna", name, "--storage", storage, "--tracking-uri", mlflow_server]) == 0
+    exported = optuna.load_study(study_name=f"{name}/adding__vanilla", storage=storage)
+    assert exported.direction == optuna.study.StudyDirection.MINIMIZE and len(exported.trials) == 4
+    for ot in exported.trials:
+        run = by_run[ot.user_attrs["mlflow_run_id"]]
+        assert ot.state == optuna.trial.TrialState.COMPLETE
+        assert ot.value == pytest.approx(run.data.metrics["best_val/mse"])
+        assert ot.params["train.lr"] == pytest.approx(float(run.data.params["train.lr"]))
+        assert ot.params["1-train.momentum"] == pytest.approx(1 - float(run.data.params["train.momentum"]))
+        assert ot.params["model.hidden_size"] == int(run.data.params["model.hidden_size"])
+        assert sorted(ot.intermediate_values) == [1, 2]
+    assert optuna.importance.get_param_importances(exported)  # Optuna's own views work on it
+    assert parents[0].data.tags["odyssey.search_space"].startswith("model.hidden_size ~ loguniform_int[4, 8]")
 
 
 @pytest.mark.slow

@@ -148,6 +148,33 @@ def finish_parent_run(
     mlf.set_terminated(run_id, status="FINISHED")
 
 
+SEARCH_SPACE_ARTIFACT = "search_space.json"
+TAG_SEARCH_SPACE = "odyssey.search_space"
+
+
+def record_search_space(uri: str, run_id: str, space) -> None:
+    """The translated space a search samples from, on its parent run: ``search_space.json`` (the
+    mapping ``translate`` reads back) and the readable tag ``odyssey.search_space``."""
+    mlf = client(uri)
+    mlf.log_dict(run_id, space.to_mapping(), SEARCH_SPACE_ARTIFACT)
+    mlf.set_tag(run_id, TAG_SEARCH_SPACE, space.describe()[:5000])
+
+
+def recorded_search_space(uri: str, run_id: str):
+    """The :class:`SearchSpace` a parent run recorded, or None (a study from before the record)."""
+    import json
+
+    from mlflow.artifacts import download_artifacts
+
+    from odyssey.sweep.search_space import translate
+
+    try:
+        path = download_artifacts(run_id=run_id, artifact_path=SEARCH_SPACE_ARTIFACT, tracking_uri=uri)
+    except Exception:  # noqa: BLE001 - no such artifact
+        return None
+    return translate(json.loads(Path(path).read_text()), name=f"run {run_id}:{SEARCH_SPACE_ARTIFACT}")
+
+
 def trial_runs(uri: str, experiment_id: str, parent_run_id: str) -> list:
     """Every trial run of one search (the parent's children)."""
     return client(uri).search_runs(

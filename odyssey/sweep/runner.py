@@ -285,6 +285,7 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
         },
         resume=sweep.resume,
     )
+    guarded(f"record {plan.key}'s search space", mlflow_runs.record_search_space, sweep.tracking_uri, parent, sweep.space)
     ctx = TrialContext(
         plan=plan,
         space=sweep.space,
@@ -316,7 +317,7 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
                 metric=plan.metric,
                 mode=plan.mode,
                 num_samples=study.num_samples,
-                search_alg=_search_alg(sweep, concurrency),
+                search_alg=_search_alg(sweep, plan, concurrency),
                 scheduler=_scheduler(sweep, plan),
                 # random search limits concurrency itself (max_concurrent below); Searchers via Tune
                 max_concurrent_trials=concurrency if sweep.search.name != "random" else None,
@@ -390,13 +391,24 @@ def _check_fresh(sweep: SweepConfig) -> None:
         )
 
 
-def _search_alg(sweep: SweepConfig, concurrency: int | None):
+def optuna_storage_url(sweep: SweepConfig) -> str:
+    """Where TPE keeps its Optuna studies (one per search, named ``<study>/<task>__<variant>``):
+    ``search.storage``, else a SQLite file beside the study's Ray Tune state."""
+    return sweep.search.storage or f"sqlite:///{sweep.storage_path / sweep.study.name / 'optuna.db'}"
+
+
+def _search_alg(sweep: SweepConfig, plan: SearchPlan, concurrency: int | None):
     if sweep.search.name == "tpe":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
+        url = optuna_storage_url(sweep)
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         sampler = optuna.samplers.TPESampler(seed=sweep.seed, n_startup_trials=sweep.search.n_startup_trials)
-        return OptunaSearch(sampler=sampler)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)
+        print(f"[{plan.task}/{plan.variant}] Optuna study {sweep.study.name}/{plan.key}: optuna-dashboard {url}", flush=True)
+        return OptunaSearch(sampler=sampler, storage=storage, study_name=f"{sweep.study.name}/{plan.key}")
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=concurrency or 0)

@@ -139,6 +139,27 @@ class SearchSpace:
         """One random-search draw of every parameter, keyed like a Tune config (see ``Param.sample``)."""
         return {p.tune_key: p.sample(rng) for p in self.params}
 
+    def to_mapping(self) -> dict[str, Any]:
+        """The space as the YAML mapping it came from (``translate(space.to_mapping()) == space``):
+        what a search's parent run records (``search_space.json``)."""
+        params = {}
+        for p in self.params:
+            entry: dict[str, Any] = {"dist": p.dist}
+            if p.dist == "choice":
+                entry["values"] = list(p.values)
+            else:
+                entry["low"], entry["high"] = p.low, p.high
+            params[p.path] = entry
+        return {"params": params}
+
+    def describe(self) -> str:
+        """One readable line, e.g. ``train.lr ~ loguniform[1e-06, 0.01]; train.clip_norm ~ choice{None, 1}``."""
+        parts = []
+        for p in self.params:
+            where = "{" + ", ".join(map(str, p.values)) + "}" if p.dist == "choice" else f"[{p.low:g}, {p.high:g}]"
+            parts.append(f"{p.path} ~ {p.dist}{where}")
+        return "; ".join(parts)
+
     def coordinates(self, cfg) -> dict[str, float]:
         """The searched values of a trial config ``cfg`` in analysis units, by coordinate name."""
         out = {}

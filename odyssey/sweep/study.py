@@ -69,6 +69,7 @@ class SearchConfig:
 
     name: str = "random"
     n_startup_trials: int = 10  # tpe: random trials before TPE models the space
+    storage: str | None = None  # tpe: Optuna storage URL; null: sqlite in the study's Ray results folder
 
     def __post_init__(self) -> None:
         check_fields(self, "search")

@@ -1,0 +1,140 @@
+"""``odyssey export optuna STUDY [--storage URL]``: a finished study (random search included) as
+one Optuna study per search, so that Optuna's views (``optuna-dashboard``, or
+``optuna.visualization``: parallel coordinates, slices, contours, importances) work on it.
+
+Each search ``<task>/<variant>`` becomes the Optuna study ``<study>/<task>__<variant>`` with:
+
+* distributions from the search space the search recorded (``search_space.json`` on its parent
+  run): ``loguniform`` -> ``FloatDistribution(log=True)``, ``int``/``loguniform_int`` ->
+  ``IntDistribution``, ``choice`` -> ``CategoricalDistribution``; a ``one_minus_loguniform`` key
+  is the log-uniform quantity Ray Tune sampled, ``1-<key>`` (the paper's momentum);
+* one trial per MLflow trial run: its sampled values, ``best_val/<metric>`` as the objective
+  (the direction of the task's metric), the per-epoch ``val/<metric>`` as intermediate values,
+  and the MLflow run id as a user attribute. Completed and diverged trials are COMPLETE,
+  scheduler-stopped ones PRUNED, failed ones FAIL; running and interrupted ones are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+from odyssey.errors import ConfigError
+
+__all__ = ["export_optuna", "main"]
+
+
+def _distribution(p):
+    import optuna.distributions as d
+
+    if p.dist == "choice":
+        return d.CategoricalDistribution(list(p.values))
+    if p.dist in ("int", "loguniform_int"):
+        return d.IntDistribution(int(p.low), int(p.high), log=p.dist == "loguniform_int")
+    return d.FloatDistribution(float(p.low), float(p.high), log=p.dist != "uniform")
+
+
+def _value(p, text: str) -> Any:
+    """A param string of the MLflow run as the value Optuna's distribution holds."""
+    if p.dist == "choice":
+        for v in p.values:
+            if str(v) == text:
+                return v
+        raise ValueError(f"{text!r} is not one of {list(p.values)}")
+    if p.dist in ("int", "loguniform_int"):
+        return int(text)
+    value = float(text)
+    return 1.0 - value if p.dist.startswith("one_minus_") else value
+
+
+def export_optuna(study_name: str, *, tracking_uri: str, storage: str) -> dict[str, int]:
+    """Write every search of ``study_name`` into Optuna ``storage``; returns trials per Optuna study."""
+    import optuna
+    from mlflow import MlflowClient
+
+    from odyssey.analysis.study import ROLE_SEARCH, _check_store, _search_all
+    from odyssey.sweep.mlflow_runs import recorded_search_space, trial_runs
+    from odyssey.tracking import (
+        STATUS_COMPLETED,
+        STATUS_DIVERGED,
+        STATUS_FAILED,
+        STATUS_STOPPED,
+        TAG_LOWER_IS_BETTER,
+        TAG_PRIMARY_METRIC,
+        TAG_STATUS,
+        TAG_TASK,
+        TAG_VARIANT,
+    )
+
+    _check_store(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(study_name)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ConfigError(f"no study named {study_name!r} at {tracking_uri}; available: {', '.join(names) or '(none)'}")
+    states = {
+        STATUS_COMPLETED: optuna.trial.TrialState.COMPLETE,
+        STATUS_DIVERGED: optuna.trial.TrialState.COMPLETE,
+        STATUS_STOPPED: optuna.trial.TrialState.PRUNED,
+        STATUS_FAILED: optuna.trial.TrialState.FAIL,
+    }
+    written: dict[str, int] = {}
+    for parent in _search_all(client, exp.experiment_id, ROLE_SEARCH):
+        task, variant = parent.data.tags.get(TAG_TASK), parent.data.tags.get(TAG_VARIANT)
+        space = recorded_search_space(tracking_uri, parent.info.run_id)
+        if space is None:
+            raise ConfigError(
+                f"search {task}/{variant} of study {study_name!r} has no recorded search space (search_space.json "
+                "on its parent run: studies run before odyssey recorded it); it cannot be exported"
+            )
+        metric = parent.data.tags.get(TAG_PRIMARY_METRIC, "")
+        lower = parent.data.tags.get(TAG_LOWER_IS_BETTER, "true") == "true"
+        name = f"{study_name}/{task}__{variant}"
+        if name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+            optuna.delete_study(study_name=name, storage=storage)  # an export is a snapshot: replace it
+        target = optuna.create_study(study_name=name, storage=storage, direction="minimize" if lower else "maximize")
+        target.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
+        target.set_user_attr("metric", f"best_val/{metric}")
+        distributions = {p.tune_key: _distribution(p) for p in space.params}
+        trials = []
+        for run in sorted(trial_runs(tracking_uri, exp.experiment_id, parent.info.run_id), key=lambda r: r.info.start_time):
+            state = states.get(run.data.tags.get(TAG_STATUS))
+            if state is None:
+                continue
+            params = {p.tune_key: _value(p, run.data.params[p.path]) for p in space.params}
+            value = run.data.metrics.get(f"best_val/{metric}")
+            if state == optuna.trial.TrialState.COMPLETE and (value is None or not math.isfinite(value)):
+                state = optuna.trial.TrialState.FAIL  # a diverged trial without a recorded value
+            history = client.get_metric_history(run.info.run_id, f"val/{metric}")
+            trials.append(optuna.trial.create_trial(
+                params=params,
+                distributions=distributions,
+                value=value if state == optuna.trial.TrialState.COMPLETE else None,
+                state=state,
+                intermediate_values={m.step: m.value for m in history if math.isfinite(m.value)},
+                user_attrs={"mlflow_run_id": run.info.run_id, "odyssey_status": run.data.tags.get(TAG_STATUS)},
+            ))  # fmt: skip
+        target.add_trials(trials)
+        written[name] = len(trials)
+    if not written:
+        raise ConfigError(f"study {study_name!r} has no searches (parent runs) at {tracking_uri}")
+    return written
+
+
+def main(argv: list[str]) -> int:
+    """``odyssey export optuna STUDY [--storage URL] [--tracking-uri URI]``."""
+    parser = argparse.ArgumentParser(prog="odyssey export", description="export a study for other tools")
+    parser.add_argument("format", choices=["optuna"], help="the target: optuna (one Optuna study per search)")
+    parser.add_argument("study", help="study name (= MLflow experiment name)")
+    parser.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///optuna-<study>.db)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlruns.db)")
+    args = parser.parse_args(argv)
+    from odyssey.analysis.study import default_tracking_uri
+
+    storage = args.storage or f"sqlite:///optuna-{args.study}.db"
+    written = export_optuna(args.study, tracking_uri=args.tracking_uri or default_tracking_uri(), storage=storage)
+    for name, n in written.items():
+        print(f"{name}: {n} trial(s)")
+    print(f"Optuna storage {storage}: view it with `optuna-dashboard {storage}`")
+    return 0
