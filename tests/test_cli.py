@@ -1,0 +1,74 @@
+"""The command line as users meet it: every command's --help, Hydra's --cfg job, --dry-run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from odyssey.cli import COMMANDS, main
+from odyssey.config import SWEEP_GROUPS, TRAIN_GROUPS, compose, config_dir, trial_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def help_exit_code(command: str) -> int:
+    """``odyssey COMMAND --help``'s exit code (argparse commands exit through SystemExit)."""
+    try:
+        return main([command, "--help"])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_has_help(command, capsys):
+    assert help_exit_code(command) == 0
+    out = capsys.readouterr().out
+    assert "usage" in out.lower(), out
+    if command in ("train", "sweep", "submit"):  # the config groups, with their options
+        groups = TRAIN_GROUPS if command == "train" else SWEEP_GROUPS
+        for group in groups:
+            options = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+            assert any(line.split()[:1] == [group] and ", ".join(options) in line for line in out.splitlines()), (group, out)
+
+
+@pytest.mark.parametrize("config, overrides", [("train", ["variant=[np,cifg]", "train.lr=0.003"]), ("sweep", ["experiment=quickstart"])])
+def test_cfg_job_prints_yaml_that_composes_again(config, overrides, tmp_path, capsys, monkeypatch):
+    command = "train" if config == "train" else "sweep"
+    assert main([command, "--cfg", "job", *overrides]) == 0
+    printed = capsys.readouterr().out
+    original = compose(config, overrides)
+    assert OmegaConf.create(printed) == original
+    # saved as a config file of its own, it composes to the same trial
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / f"{config}.yaml").write_text(printed)
+    monkeypatch.setenv("ODYSSEY_CONFIG_DIR", str(conf))
+    assert trial_config(compose(config, [])) == trial_config(original)
+
+
+def test_only_cfg_job_is_supported():
+    from odyssey.errors import ConfigError
+    from odyssey.run_train import main as train_main
+
+    with pytest.raises(ConfigError, match="only --cfg job is supported"):
+        train_main(["--cfg", "hydra"])
+
+
+def test_dry_run_shows_the_study_and_starts_no_ray(tmp_path):
+    """In a fresh interpreter: the study is checked and shown, and Ray is never imported."""
+    code = (
+        "import sys; from odyssey.sweep.cli import sweep_main; "
+        f"rc = sweep_main(['experiment=odyssey_jsb', 'study.storage_path={tmp_path}', '--dry-run']); "
+        "print('RAY_IMPORTED', 'ray' in sys.modules); sys.exit(rc)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    assert "study 'odyssey_jsb': 9 search(es) x 200 trial(s) = 1800 trials, up to 150 epochs each" in text
+    assert "jsb/cifg (val/nll, min)" in text and "train.lr ~ loguniform[1e-06, 0.01]" in text
+    assert "RAY_IMPORTED False" in text
+    assert not any(tmp_path.iterdir())  # nothing written
