@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 import math
 import numbers
 import os
@@ -293,6 +294,40 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     return cfg
 
 
+SWEEP_GROUPS = ("experiment", "variant", "task", "model", "protocol", "search_space", "search", "scheduler", "execution", "resources")
+TRAIN_GROUPS = ("variant", "task", "model", "protocol")
+
+
+def groups_help(groups: Sequence[str]) -> str:
+    """The config groups and their options, one line each, as ``--help`` lists them."""
+    lines = ["config groups (GROUP=OPTION; variant=[a,b] combines variants):"]
+    for group in groups:
+        options = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+        lines.append(f"  {group:<13} {', '.join(options)}")
+    return "\n".join(lines)
+
+
+def cfg_job(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """Take Hydra's ``--cfg job`` (or ``--cfg=job``) out of ``argv``: (the rest, whether it was there)."""
+    rest, show, args = [], False, list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("--cfg=job", "-c=job") or (arg in ("--cfg", "-c") and args and args[0] == "job"):
+            show = True
+            if "=" not in arg:
+                args.pop(0)
+        elif arg in ("--cfg", "-c") or arg.startswith(("--cfg=", "-c=")):
+            raise ConfigError(f"{arg} {args[0] if args else ''}: only --cfg job is supported (the composed config)")
+        else:
+            rest.append(arg)
+    return rest, show
+
+
+def print_composed(config_name: str, overrides: Sequence[str]) -> None:
+    """``--cfg job``: the composed config as YAML (it composes again: the same keys, no groups)."""
+    print(OmegaConf.to_yaml(compose(config_name, overrides), resolve=True), end="")
+
+
 def valid_top_level_keys(config_name: str) -> frozenset[str]:
     """The top-level keys of ``conf/<config_name>.yaml`` composed without overrides: its own keys
     and the node of each group in its defaults list (optional groups such as ``experiment`` and
@@ -305,6 +340,9 @@ def _default_top_level_keys(directory: Path, config_name: str) -> frozenset[str]
     return frozenset(_hydra_compose(directory, config_name, ()))
 
 
+_HYDRA_LOCK = threading.RLock()
+
+
 def _hydra_compose(directory: Path, config_name: str, overrides: tuple[str, ...]) -> DictConfig:
     import yaml
     from hydra import compose as hydra_compose
@@ -312,10 +350,11 @@ def _hydra_compose(directory: Path, config_name: str, overrides: tuple[str, ...]
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(directory), version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=list(overrides))
+        with _HYDRA_LOCK:  # Hydra's state is process-global; the sweep's searches run in threads
+            GlobalHydra.instance().clear()
+            with initialize_config_dir(config_dir=str(directory), version_base="1.3"):
+                return hydra_compose(config_name=config_name, overrides=list(overrides))
     except yaml.YAMLError as exc:
         raise ConfigError(_yaml_message(exc)) from None
     except HydraException as exc:

@@ -5,7 +5,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from odyssey.config import TrackingConfig, check_device_available, compose, trial_config, typed
+from odyssey.config import (
+    TRAIN_GROUPS,
+    TrackingConfig,
+    cfg_job,
+    check_device_available,
+    compose,
+    groups_help,
+    print_composed,
+    trial_config,
+    typed,
+)
 from odyssey.errors import ServiceError
 from odyssey.tasks import build_task
 from odyssey.tracking import (
@@ -24,10 +34,15 @@ __all__ = ["main"]
 def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(
-            "usage: odyssey train [KEY=VALUE ...]   (Hydra overrides of conf/train.yaml)\n"
+            "usage: odyssey train [--cfg job] [KEY=VALUE ...]   (Hydra overrides of conf/train.yaml)\n"
             "  e.g. odyssey train variant=cifg task=jsb model.hidden_size=50 train.lr=1e-3 seed=1\n"
-            "  groups: variant, task, model, protocol; keys: seed, train.*, model.*, task.*, tracking.*"
+            "  --cfg job   print the composed config (YAML) and exit\n"
+            "  keys: seed, train.*, model.*, task.*, tracking.*\n" + groups_help(TRAIN_GROUPS)
         )
+        return 0
+    argv, show = cfg_job(argv)
+    if show:
+        print_composed("train", argv)
         return 0
     quiet_mlflow_urls()
     cfg = compose("train", argv)

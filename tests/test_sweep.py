@@ -363,6 +363,11 @@ def test_submit_to_job_server(tmp_path, mlflow_server, ray_cluster, monkeypatch,
     assert "[adding/vanilla] finished: 3 completed" in logs and "[adding/nfg] finished: 3 completed" in logs
     assert stop_main([*address, f"odyssey-{name}"]) == 0
     assert "already finished" in capsys.readouterr().out
+    from odyssey.sweep.jobs import status_main
+
+    assert status_main([*address, f"odyssey-{name}"]) == 0 and status_main([*address, f"odyssey-{name}-stopped"]) == 0
+    statuses = capsys.readouterr().out.splitlines()
+    assert statuses[0].startswith(f"job odyssey-{name}: SUCCEEDED") and statuses[1].startswith(f"job odyssey-{name}-stopped: STOPPED")
     with pytest.raises(ConfigError, match=f"unknown job 'nope'; jobs on this cluster: .*odyssey-{name}"):
         logs_main([*address, "nope"])
 

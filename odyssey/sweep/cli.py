@@ -7,6 +7,8 @@ Examples:
     odyssey sweep experiment=quickstart
     odyssey sweep experiment=quickstart study.variants=[vanilla,nfg] study.num_samples=3 train.max_epochs=2
     odyssey sweep experiment=quickstart resume=true        # continue an interrupted sweep
+    odyssey sweep experiment=odyssey_jsb --dry-run          # the searches, trial counts, resources, space
+    odyssey sweep experiment=quickstart --cfg job           # the composed config (YAML)
 """
 
 from __future__ import annotations
@@ -26,16 +28,28 @@ USAGE = __doc__
 def sweep_main(argv: Sequence[str]) -> int:
     """Run the study given by Hydra overrides ``argv``; 0 when every search ran (failed trials are
     recorded in MLflow, not an exit code). Raises OdysseyError for bad input or unreachable services."""
+    from odyssey.config import SWEEP_GROUPS, cfg_job, groups_help, print_composed
+
     argv = list(argv)
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
+        print("usage: odyssey sweep [--dry-run] [--cfg job] [KEY=VALUE ...]\n\n" + USAGE + "\n" + groups_help(SWEEP_GROUPS))
         return 0
-    overrides = shlex.split(os.environ.get("ODYSSEY_OVERRIDES", "")) + argv
+    argv, show = cfg_job(argv)
+    dry_run = "--dry-run" in argv
+    overrides = shlex.split(os.environ.get("ODYSSEY_OVERRIDES", "")) + [a for a in argv if a != "--dry-run"]
+    if show:
+        print_composed("sweep", overrides)
+        return 0
+    from odyssey.sweep.study import describe_sweep, load_sweep
+
+    sweep = load_sweep(overrides)
+    if dry_run:  # the whole study checked and shown; Ray is not even imported
+        print(describe_sweep(sweep))
+        return 0
     _loopback_if_local(overrides)
     from odyssey.sweep.runner import run_sweep
-    from odyssey.sweep.study import load_sweep
 
-    run_sweep(load_sweep(overrides))
+    run_sweep(sweep)
     return 0
 
 

@@ -171,7 +171,16 @@ def _parser(prog: str, *, with_id: bool = False) -> argparse.ArgumentParser:
 
 def submit_main(argv: Sequence[str]) -> int:
     """``odyssey submit [jobs/<name>.yaml] [--address URL] [--wait] [overrides]``."""
+    from odyssey.config import SWEEP_GROUPS, groups_help
+
     parser = _parser("odyssey submit")
+    parser.usage = "odyssey submit [jobs/<name>.yaml] [--address URL] [--wait] [--id ID] [--python PY] [KEY=VALUE ...]"
+    parser.description = (
+        "Submit a study to a Ray cluster as a Ray Job. The optional job file is a Ray runtime env "
+        "(jobs/*.yaml); KEY=VALUE are the Hydra overrides of `odyssey sweep` (conf/sweep.yaml)."
+    )
+    parser.epilog = groups_help(SWEEP_GROUPS)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--wait", action="store_true", help="follow the job's logs until it ends")
     parser.add_argument("--id", dest="submission_id", help="a submission id of your choice")
     parser.add_argument("--python", default="python", help="the interpreter on the cluster (default: python)")
@@ -251,6 +260,16 @@ def logs_main(argv: Sequence[str]) -> int:
         print(f"\njob {args.job_id}: {status}")
         return 0
     sys.stdout.write(client.get_job_logs(args.job_id))
+    return 0
+
+
+def status_main(argv: Sequence[str]) -> int:
+    """``odyssey status ID [--address URL]``: a job's status (and its message when it ended)."""
+    args = _parser("odyssey status", with_id=True).parse_args(list(argv))
+    client = _client(args.address)
+    _known_job(client, args.job_id)
+    info = client.get_job_info(args.job_id)
+    print(f"job {args.job_id}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
     return 0
 
 

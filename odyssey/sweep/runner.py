@@ -286,6 +286,7 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
         resume=sweep.resume,
     )
     guarded(f"record {plan.key}'s search space", mlflow_runs.record_search_space, sweep.tracking_uri, parent, sweep.space)
+    guarded(f"record {plan.key}'s config", mlflow_runs.client(sweep.tracking_uri).log_text, parent, _sweep_yaml(sweep, plan), "config.yaml")
     ctx = TrialContext(
         plan=plan,
         space=sweep.space,
@@ -357,6 +358,15 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
         print(f"[{plan.task}/{plan.variant}] {exc}; resume=true will mark them", file=sys.stderr, flush=True)
         return SearchOutcome(plan.task, plan.variant, parent)
     return outcome
+
+
+def _sweep_yaml(sweep: SweepConfig, plan: SearchPlan) -> str:
+    """The search's composed config (the study's overrides plus its task and variant) as YAML."""
+    from omegaconf import OmegaConf
+
+    from odyssey.config import compose
+
+    return OmegaConf.to_yaml(compose("sweep", [*sweep.overrides, f"task={plan.task}", f"variant={plan.variant}"]), resolve=True)
 
 
 def _search_trainable(plan: SearchPlan, run_trial):

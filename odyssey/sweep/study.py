@@ -287,6 +287,30 @@ def load_sweep(overrides: Sequence[str], *, cwd: Path | None = None) -> SweepCon
     )
 
 
+def describe_sweep(sweep: SweepConfig) -> str:
+    """What ``odyssey sweep --dry-run`` prints: the searches, trial counts, resources, the space."""
+    study, ex = sweep.study, sweep.execution
+    n = len(sweep.searches)
+    epochs = sorted({p.base.train.max_epochs for p in sweep.searches})
+    if ex.mode == "pack":
+        where = f"trial packs: {ex.packs} pack(s) per search of up to {ex.members} trials, {ex.cpu:g} CPU and {ex.gpu:g} GPU each"
+    else:
+        res = study.resources_per_trial
+        where = f"one process per trial: {res.cpu:g} CPU and {res.gpu:g} GPU each"
+    lines = [
+        f"study {study.name!r}: {n} search(es) x {study.num_samples} trial(s) = {n * study.num_samples} trials, "
+        f"up to {'/'.join(map(str, epochs))} epochs each",
+        f"  search {sweep.search.name}, scheduler {sweep.scheduler.name}, seed {sweep.seed}, resume={str(sweep.resume).lower()}",
+        f"  execution: {where}",
+        f"  MLflow {sweep.tracking_uri}; Ray Tune state {sweep.storage_path / study.name}",
+        "  searches:",
+        *[f"    {p.task}/{p.variant} ({p.metric}, {p.mode})" for p in sweep.searches],
+        "  search space:",
+        *[f"    {part}" for part in sweep.space.describe().split("; ")],
+    ]
+    return "\n".join(lines)
+
+
 def _study(cfg: DictConfig) -> StudyConfig:
     raw = _container(cfg, "study")
     for key in ("tasks", "variants"):  # accept `study.tasks=adding` as a one-element list

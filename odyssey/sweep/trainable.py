@@ -118,8 +118,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         run_id=run_id,
         pending=pending,
     )  # with run_id: reopens the run; epochs up to its last logged one are not logged again
-    if run_id is None:  # a new run: the searched values as numbers, for sorting and charts
+    if run_id is None:  # a new run: the searched values as numbers (sorting, charts); the config
         call_with_retry(log_hyperparameters, logger, ctx.space.coordinates(cfg))
+        call_with_retry(logger.client.log_text, logger.run_id, config_yaml(cfg), CONFIG_ARTIFACT)
     monitor = None
     if ctx.system_metrics and not ctx.packs:  # a packed trial's proxy computes nothing
         monitor = start_system_metrics(logger.run_id, ctx.tracking_uri, resumed=run_id is not None)
@@ -154,6 +155,18 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     finally:
         if monitor is not None:
             monitor.finish()
+
+
+CONFIG_ARTIFACT = "config.yaml"
+
+
+def config_yaml(cfg) -> str:
+    """The trial's resolved config (every section, the sampled values and the seed) as YAML."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(cfg)))
 
 
 def log_hyperparameters(logger, coordinates: dict[str, float]) -> None:
