@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "jobs": ("odyssey.sweep.jobs:jobs_main", "list the cluster's Ray Jobs"),
     "logs": ("odyssey.sweep.jobs:logs_main", "print (or follow) a Ray Job's logs: odyssey logs ID"),
     "stop": ("odyssey.sweep.jobs:stop_main", "stop a Ray Job: odyssey stop ID"),
+    "status": ("odyssey.sweep.jobs:status_main", "a Ray Job's status: odyssey status ID"),
     "analyze": ("odyssey.analysis.cli:main", "variant comparison and fANOVA report of a study"),
     "export": ("odyssey.analysis.optuna_export:main", "a study for other tools: odyssey export optuna STUDY [--storage URL]"),
     "bench": ("odyssey.bench:main", "benchmarks: odyssey bench cells | odyssey bench study"),
@@ -27,6 +28,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def data_main(argv: list[str]) -> int:
     """``odyssey data fetch DATASET ...``: the only data action so far."""
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: odyssey data fetch DATASET [--dest DIR]\n  actions: fetch (datasets: jsb; see `odyssey data fetch --help`)")
+        return 0
     if not argv or argv[0] != "fetch":
         print(f"odyssey data: unknown action {argv[0] if argv else ''!r}; valid actions: fetch", file=sys.stderr)
         return 2
