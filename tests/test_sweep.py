@@ -253,6 +253,24 @@ def test_sweep_end_to_end(tmp_path, mlflow_server, ray_cluster, capsys):
     with pytest.raises(ConfigError, match="resume=true"):
         sweep_main(overrides)
 
+    # The writer and the reader share one store: the Python API loads the sweep's own runs back
+    # and analyses them (what `odyssey analyze` does), so the two cannot drift apart.
+    import odyssey.api as od
+
+    handle = od.study(*overrides, "resume=true")
+    trials = handle.trials()
+    assert len(trials) == 6 and set(trials["status"]) == {STATUS_COMPLETED}
+    assert sorted(trials["variant"].unique()) == ["nfg", "vanilla"] and trials["val"].notna().all()
+    client, _, runs = study_runs(mlflow_server, name)
+    by_id = {r.info.run_id: r for r in runs}
+    for row in trials.itertuples():
+        assert row.lr == pytest.approx(float(by_id[row.run_id].data.params["train.lr"]))
+        assert row.test == pytest.approx(by_id[row.run_id].data.metrics["test/mse"])
+    report = handle.analyze(out_dir=tmp_path / "analysis", log=False, min_trials=2, n_trees=8)
+    counts = report.counts.set_index("variant")
+    assert counts.loc["vanilla", "completed"] == counts.loc["nfg", "completed"] == 3
+    assert "nfg" in set(report.comparison["variant"]) and (tmp_path / "analysis" / "report.html").is_file()
+
 
 @pytest.mark.slow
 def test_tpe_search_end_to_end(tmp_path, mlflow_server, ray_cluster, capsys):
