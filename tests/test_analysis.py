@@ -223,10 +223,10 @@ def test_deepcave_export_reads_back_with_configspace(tmp_path):
     statuses = ["completed"] * 8 + ["diverged", "failed", "stopped_early", "completed"]
     trials = pd.DataFrame({
         "task": "adding", "variant": "vanilla", "metric": "mse", "lower_is_better": True,
-        "hidden_size": rng.integers(20, 201, n).astype(float),
-        "lr": 10 ** rng.uniform(-6, -2, n),  # values with more than 13 significant decimals
-        "momentum": 1 - 10 ** rng.uniform(-2, 0, n),
-        "input_noise": rng.uniform(0, 1, n),
+        "model.hidden_size": rng.integers(20, 201, n).astype(float),
+        "train.lr": 10 ** rng.uniform(-6, -2, n),  # values with more than 13 significant decimals
+        "train.momentum": 1 - 10 ** rng.uniform(-2, 0, n),
+        "train.input_noise": rng.uniform(0, 1, n),
         "seed": np.arange(n, dtype=float),
         "status": statuses,
         "test": np.r_[rng.uniform(0.1, 0.2, 8), [np.nan, np.nan, 0.9, 0.15]],
@@ -251,8 +251,22 @@ def test_deepcave_export_reads_back_with_configspace(tmp_path):
     assert (val["name"], val["lower"], val["upper"]) == ("val/mse", done.min(), done.max())  # not 0.95
 
 
-def _log_study(uri: str, name: str, groups: dict[tuple[str, str], list[dict]]) -> None:
+# A trial dict's hyperparameters -> the config paths its run logs them under (the flattened config,
+# as text: ``str(None)`` is "None"). No bare-name copies: the analysis must not need them.
+CONFIG_PATHS = {
+    "hidden_size": "model.hidden_size", "lr": "train.lr", "momentum": "train.momentum",
+    "input_noise": "train.input_noise", "batch_size": "train.batch_size", "clip_norm": "train.clip_norm",
+}  # fmt: skip
+
+
+def _log_study(
+    uri: str, name: str, groups: dict[tuple[str, str], list[dict]], spaces: dict[tuple[str, str], dict] | None = None
+) -> None:
     """Log a synthetic study with the sweep's schema: parent search runs, child trial runs.
+
+    ``spaces``: per (task, variant), the search space mapping its parent run records as
+    ``search_space.json`` (what ``odyssey.sweep.mlflow_runs.record_search_space`` writes); a
+    search missing there records none (a study from before the record).
 
     Trials are logged from a few threads: each run costs three HTTP round trips to the server.
     """
@@ -274,7 +288,7 @@ def _log_study(uri: str, name: str, groups: dict[tuple[str, str], list[dict]]) -
             tr.TAG_BUDGET_REACHED: "true" if t["status"] in ("completed", "diverged") else "false",
         }  # fmt: skip
         run = client.create_run(exp, run_name=f"trial-{i}", tags=tags, start_time=1_700_000_000_000 + i)
-        params = [Param(k, str(t[k])) for k in tr.SEARCHED_PARAMS]
+        params = [Param(path, str(t[k])) for k, path in CONFIG_PATHS.items() if k in t]
         params += [Param("train.max_epochs", str(t["max_epochs"]))] if "max_epochs" in t else []
         metrics = [Metric(k, t[v], 0, 1) for k, v in (("test/mse", "test"), ("best_val/mse", "val"))] if "test" in t else []
         client.log_batch(run.info.run_id, metrics=metrics, params=params)
@@ -285,6 +299,8 @@ def _log_study(uri: str, name: str, groups: dict[tuple[str, str], list[dict]]) -
         for (task, variant), trials in groups.items():
             tags = {tr.TAG_ROLE: "search", tr.TAG_TASK: task, tr.TAG_VARIANT: variant}
             parent = client.create_run(exp, run_name=f"{task}-{variant}", tags=tags)
+            if spaces and (task, variant) in spaces:
+                client.log_dict(parent.info.run_id, spaces[(task, variant)], "search_space.json")
             jobs += [pool.submit(log_trial, parent.info.run_id, task, variant, i, t) for i, t in enumerate(trials)]
             client.set_terminated(parent.info.run_id)
         for job in jobs:
@@ -363,8 +379,18 @@ def test_analyze_end_to_end(study_uri, tmp_path, capsys):
         best = mains.sort_values("fraction").iloc[-1]
         assert best["key"] == "log10_lr" and best["fraction"] > 0.7
 
+    # no search_space.json on these parents: the paper's four over the observed min/max, said so
+    nfg = fa[(fa["variant"] == "nfg") & (fa["key"] == "log10_lr")].iloc[0]
+    trials = pd.read_csv(out / "trials.csv")
+    fitted = trials[(trials["variant"] == "nfg") & (trials["status"] == "completed")]
+    assert (nfg["low"], nfg["high"]) == pytest.approx((fitted["log10_lr"].min(), fitted["log10_lr"].max()))
+    assert nfg["label"] == "log10(learning rate)" and "few trials: 30 for 4 hyperparameters" in nfg["note"]
+    assert "log10(learning rate)" in printed and "\u00b1" in printed  # readable names, fractions with their std
     summary = json.loads((out / "summary.json").read_text())
     assert summary["study"] == "synthetic" and len(summary["rules"]) == 3
+    assert any("no recorded search space" in m and "observed min/max" in m for m in summary["messages"])
+    assert any(m.startswith("WARNING: task adding, nfg: fANOVA on 30 trials for 4 hyperparameters") for m in summary["messages"])
+    assert summary["spaces"]["adding/nfg"]["source"].startswith("observed")
 
     dc = out / "deepcave" / "adding" / "nfg"
     for f in ("configspace.json", "configs.json", "origins.json", "meta.json", "history.jsonl"):
@@ -420,7 +446,7 @@ def test_analyze_too_few_trials(study_uri, tmp_path, capsys):
     assert _analyze(study_uri, "tiny", tmp_path, "--no-log") == 0
     printed = capsys.readouterr().out
     assert "3 trial(s) completed with full budget, fewer than 10: no fANOVA" in printed
-    assert "nfg: 1 usable trial(s), fewer than 2: no t-test" in printed
+    assert "nfg: 1 usable trial(s), fewer than 3: no t-test" in printed
     cmp_ = pd.read_csv(tmp_path / "comparison.csv")
     row = cmp_[(cmp_["variant"] == "nfg") & (cmp_["subset"] == "all")].iloc[0]
     assert math.isnan(row["p_value"]) and "too few" in row["note"]

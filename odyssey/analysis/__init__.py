@@ -1,5 +1,7 @@
 """Importance analysis of a study: which variants differ from vanilla (Welch t-tests) and which
-hyperparameters matter (fANOVA), read back from MLflow.
+hyperparameters matter (fANOVA), read back from MLflow. The hyperparameters, their analysis
+coordinates and the boxes fANOVA integrates over come from the search space each search recorded
+(:mod:`odyssey.analysis.space`).
 
 Example:
     >>> from odyssey.analysis import fanova
@@ -12,11 +14,14 @@ Example:
 from odyssey.analysis.compare import WelchResult, welch_table, welch_test
 from odyssey.analysis.fanova import FanovaResult, MarginalCurve, PairwiseMarginal, fanova
 from odyssey.analysis.report import AnalysisReport, analyze_study
+from odyssey.analysis.space import AnalysisSpace, Hyperparameter
 from odyssey.analysis.study import Study, load_study
 
 __all__ = [
     "AnalysisReport",
+    "AnalysisSpace",
     "FanovaResult",
+    "Hyperparameter",
     "MarginalCurve",
     "PairwiseMarginal",
     "Study",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from odyssey.analysis.fanova import TRIALS_PER_HYPERPARAMETER
 from odyssey.analysis.report import MIN_FANOVA_TRIALS, analyze_study, format_terminal
 from odyssey.analysis.errors import AnalysisError
 from odyssey.analysis.study import default_tracking_uri, load_study, mixed_sweeps
@@ -18,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="study name (= MLflow experiment name)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlruns.db)")
     p.add_argument("--out", default=None, help="output folder (default: analysis/<study>)")
-    p.add_argument("--min-trials", type=int, default=MIN_FANOVA_TRIALS, help=f"fewest full-budget trials for a fANOVA fit (default {MIN_FANOVA_TRIALS})")
+    p.add_argument("--min-trials", type=int, default=MIN_FANOVA_TRIALS, help=f"fewest full-budget trials for a fANOVA fit (default {MIN_FANOVA_TRIALS}); "
+                   f"fits with fewer than {TRIALS_PER_HYPERPARAMETER} per hyperparameter are flagged as rough")
     p.add_argument("--n-trees", type=int, default=64, help="trees in the fANOVA forest (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fANOVA forest")
     p.add_argument("--no-log", action="store_true", help="do not log the outputs to MLflow")

@@ -9,6 +9,12 @@ t-test (unequal variances, ``scipy.stats.ttest_ind(equal_var=False)``), on two s
 
 A difference is significant when p < ``alpha`` (0.05); its direction says whether the variant's
 mean is better or worse than the baseline's, respecting ``lower_is_better``.
+
+Small samples: a group with fewer than ``MIN_PER_GROUP`` (3) trials gets no p-value, only a note.
+With 2 trials a group's variance is estimated from a single difference (1 degree of freedom),
+and Welch's degrees of freedom can fall to about 1, where the t distribution has such heavy
+tails that the p-value hangs on one trial; the ``top10`` subset of a search with fewer than 30
+trials has fewer than 3 and is noted rather than tested.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from scipy import stats
 
 BASELINE = "vanilla"
 SUBSETS = ("all", "top10")
+MIN_PER_GROUP = 3  # fewer trials in a group: no p-value (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,7 @@ def welch_test(
     *,
     lower_is_better: bool,
     alpha: float = 0.05,
-    min_per_group: int = 2,
+    min_per_group: int = MIN_PER_GROUP,
 ) -> WelchResult:
     """Welch's two-sided t-test of sample ``a`` against sample ``b``.
 
@@ -66,7 +73,8 @@ def welch_test(
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
     if len(a) < min_per_group or len(b) < min_per_group:
         return WelchResult(
-            math.nan, math.nan, False, "", f"too few trials (n={len(a)} vs {len(b)}, need {min_per_group})"
+            math.nan, math.nan, False, "",
+            f"too few trials (n={len(a)} vs {len(b)}, need {min_per_group} per group): no p-value",
         )
     if np.ptp(a) == 0 and np.ptp(b) == 0:
         return WelchResult(math.nan, math.nan, False, "", "both groups are constant: no variance")
@@ -101,7 +109,7 @@ def welch_table(
     baseline: str = BASELINE,
     alpha: float = 0.05,
     top: float = 0.1,
-    min_per_group: int = 2,
+    min_per_group: int = MIN_PER_GROUP,
 ) -> pd.DataFrame:
     """Per task, each variant against ``baseline``, on all trials and on the best ``top``.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -19,7 +20,8 @@ DPI = 110
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    top = 1.0 - 0.45 / fig.get_figheight() if fig._suptitle is not None else 1.0  # room for the suptitle
+    fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(path, dpi=DPI, format="png")
     plt.close(fig)
     return path
@@ -44,52 +46,100 @@ def box_plot(task: str, values: dict[str, np.ndarray], welch: pd.DataFrame, metr
     return _save(fig, path)
 
 
+def fraction_text(res: FanovaResult, key) -> str:
+    """``81% +- 5%``: a fraction with its spread over trees (the same text in tables and figures)."""
+    return f"{res[key]:.0%} \u00b1 {res.std[res._canonical(key)]:.0%}"
+
+
+def _label(key, labels: dict[str, str]) -> str:
+    return labels.get(key, key) if isinstance(key, str) else " x ".join(labels.get(n, n) for n in key)
+
+
 def importance_bars(res: FanovaResult, title: str, path: Path, *, labels: dict[str, str] | None = None) -> Path:
-    """Variance fractions of the main effects and the pairs, with the std over trees."""
+    """Variance fractions of the main effects and the pairs, with the std over trees (error
+    bars, and written next to each bar)."""
     labels = labels or {}
     keys = list(res.names) + list(res.pairwise)
-    names = [labels.get(k, k) if isinstance(k, str) else " x ".join(labels.get(n, n) for n in k) for k in keys]
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(keys) + 1.5))
+    names = [_label(k, labels) for k in keys]
+    fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(keys) + 1.5))
     y = np.arange(len(keys))[::-1]
     ax.barh(y, [res[k] for k in keys], xerr=[res.std[k] for k in keys], color=["#1f78b4"] * len(res.names) + ["#a6cee3"] * len(res.pairwise))
+    for yi, k in zip(y, keys):
+        ax.text(min(res[k] + res.std[k], 0.8) + 0.02, yi, fraction_text(res, k), va="center", fontsize=7)
     ax.set_yticks(y, names)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("fraction of variance")
-    ax.set_title(title)
+    ax.set_xlabel("fraction of variance (mean \u00b1 std over trees)")
+    ax.set_title(title, fontsize=10)
     return _save(fig, path)
 
 
-def marginal_curves(res: FanovaResult, title: str, path: Path, *, metric: str, labels: dict[str, str] | None = None) -> Path:
-    """One panel per hyperparameter: predicted metric (mean over trees) with a +-1 std band."""
-    labels = labels or {}
-    d = len(res.names)
-    fig, axes = plt.subplots(1, d, figsize=(3.2 * d, 3), squeeze=False)
-    for ax, name in zip(axes[0], res.names):
-        c = res.marginal(name)
-        ax.plot(c.grid, c.mean, color="#1f78b4")
-        ax.fill_between(c.grid, c.mean - c.std, c.mean + c.std, alpha=0.3, color="#1f78b4")
+def _panels(n: int, width: float, height: float, ncol: int = 4):
+    ncol = max(1, min(ncol, n))
+    nrow = int(np.ceil(n / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(width * ncol, height * nrow), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    return fig, axes.ravel()[:n]
+
+
+def marginal_curves(
+    res: FanovaResult,
+    title: str,
+    path: Path,
+    *,
+    metric: str,
+    labels: dict[str, str] | None = None,
+    categories: dict[str, Sequence[str]] | None = None,
+) -> Path:
+    """One panel per hyperparameter: predicted metric (mean over trees) with +-1 std over trees;
+    a line with a band over a continuous or integer one, a point with an error bar per category
+    of a categorical or boolean one (``categories``: name -> choices, index-encoded)."""
+    labels, categories = labels or {}, categories or {}
+    fig, axes = _panels(len(res.names), 3.2, 3.0)
+    for ax, name in zip(axes, res.names):
+        if name in categories:
+            cats = list(categories[name])
+            c = res.marginal(name, grid=np.arange(len(cats)))
+            ax.errorbar(c.grid, c.mean, yerr=c.std, fmt="o", capsize=4, color="#1f78b4")
+            ax.set_xticks(c.grid, cats)
+            ax.set_xlim(-0.5, len(cats) - 0.5)
+        else:
+            c = res.marginal(name)
+            ax.plot(c.grid, c.mean, color="#1f78b4")
+            ax.fill_between(c.grid, c.mean - c.std, c.mean + c.std, alpha=0.3, color="#1f78b4")
         ax.set_xlabel(labels.get(name, name))
-        ax.set_title(f"{res[name]:.1%} of variance", fontsize=9)
-    axes[0][0].set_ylabel(f"predicted test {metric}")
+        ax.set_ylabel(f"predicted test {metric}", fontsize=8)
+        ax.set_title(f"{fraction_text(res, name)} of variance", fontsize=9)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 
-def pairwise_heatmaps(res: FanovaResult, title: str, path: Path, *, metric: str, labels: dict[str, str] | None = None) -> Path:
-    """One heat map per pair of hyperparameters: predicted metric over their grid."""
-    labels = labels or {}
+def pairwise_heatmaps(
+    res: FanovaResult,
+    title: str,
+    path: Path,
+    *,
+    metric: str,
+    labels: dict[str, str] | None = None,
+    categories: dict[str, Sequence[str]] | None = None,
+) -> Path:
+    """One heat map per pair of hyperparameters: predicted metric over their grid (a
+    categorical axis has one cell per category)."""
+    labels, categories = labels or {}, categories or {}
     pairs = list(itertools.combinations(res.names, 2))
-    ncol = min(3, len(pairs))
-    nrow = int(np.ceil(len(pairs) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.8 * ncol, 3.2 * nrow), squeeze=False)
-    for ax in axes.ravel()[len(pairs):]:
-        ax.axis("off")
-    for ax, (a, b) in zip(axes.ravel(), pairs):
-        pm = res.pairwise_marginal(a, b)
-        im = ax.pcolormesh(pm.grid_a, pm.grid_b, pm.mean.T, shading="auto", cmap="viridis")
+    fig, axes = _panels(len(pairs), 3.8, 3.2, ncol=3)
+    for ax, (a, b) in zip(axes, pairs):
+        ga = np.arange(len(categories[a])) if a in categories else None
+        gb = np.arange(len(categories[b])) if b in categories else None
+        pm = res.pairwise_marginal(a, b, grid_a=ga, grid_b=gb)
+        im = ax.pcolormesh(pm.grid_a, pm.grid_b, pm.mean.T, shading="nearest", cmap="viridis")
         fig.colorbar(im, ax=ax, label=f"test {metric}")
+        if a in categories:
+            ax.set_xticks(pm.grid_a, list(categories[a]))
+        if b in categories:
+            ax.set_yticks(pm.grid_b, list(categories[b]))
         ax.set_xlabel(labels.get(a, a))
         ax.set_ylabel(labels.get(b, b))
-        ax.set_title(f"pair: {res[(a, b)]:.1%} of variance", fontsize=9)
+        ax.set_title(f"pair: {fraction_text(res, (a, b))} of variance", fontsize=9)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)

@@ -4,11 +4,14 @@ figures, CSV/JSON tables, DeepCAVE export) and logged to MLflow.
 Layout of the output folder::
 
     report.html            one self-contained file: tables + figures (base64 PNGs) + rules
-    summary.json           counts, messages, rules, fANOVA fractions, comparison rows
-    trials.csv             every trial read from MLflow
+    summary.json           counts, messages, rules, each search's hyperparameters (recorded
+                           space or fallback, boxes), fANOVA fractions, comparison rows
+    trials.csv             every trial read from MLflow (every searched hyperparameter: config
+                           value and analysis coordinate)
     counts.csv             per (task, variant): trials by status, how many enter each analysis
     comparison.csv         Welch t-tests per task: each variant vs vanilla, all and top 10 %
-    fanova.csv             per (task, variant): fraction (and std over trees) per key
+    fanova.csv             per (task, variant): fraction and its std over trees per key, the
+                           readable label, the box each hyperparameter was integrated over
     figures/box_<task>.png, figures/fanova_<task>_<variant>.png,
     figures/marginals_<task>_<variant>.png, figures/pairs_<task>_<variant>.png
     deepcave/<task>/<variant>/   DeepCAVE runs
@@ -27,16 +30,18 @@ import numpy as np
 import pandas as pd
 
 from odyssey.analysis import figures
-from odyssey.analysis.compare import BASELINE, welch_table
+from odyssey.analysis.compare import BASELINE, MIN_PER_GROUP, welch_table
 from odyssey.analysis.deepcave import export_deepcave
 from odyssey.analysis.errors import TooFewTrialsError
-from odyssey.analysis.fanova import FanovaResult, fanova
+from odyssey.analysis.fanova import TRIALS_PER_HYPERPARAMETER, FanovaResult, fanova, recommended_trials
 from odyssey.analysis.rules import RULES, count_table, fanova_mask, ttest_mask
-from odyssey.analysis.study import COORDINATES, Study, coordinates, load_study, mixed_sweeps
+from odyssey.analysis.space import AnalysisSpace, label_of
+from odyssey.analysis.study import Study, load_study, mixed_sweeps
 from odyssey.tracking import where_to_look
 
-MIN_FANOVA_TRIALS = 10
-MIN_GROUP_TRIALS = 2
+MIN_FANOVA_TRIALS = 10  # fewer: no fit at all; fewer than TRIALS_PER_HYPERPARAMETER per hyperparameter: a warning
+MIN_GROUP_TRIALS = MIN_PER_GROUP  # fewer trials in a group: no Welch p-value (compare.py says why)
+FANOVA_COLUMNS = ["task", "variant", "n", "key", "label", "fraction", "std", "low", "high", "note"]
 
 
 @dataclass
@@ -66,15 +71,38 @@ def _slug(*parts: str) -> str:
     return "_".join("".join(c if c.isalnum() or c in "-." else "-" for c in p) for p in parts)
 
 
-def _fanova_rows(task: str, variant: str, n: int, res: FanovaResult | None, note: str) -> list[dict]:
+def _fanova_rows(
+    task: str, variant: str, n: int, res: FanovaResult | None, note: str, labels: dict[str, str] | None = None
+) -> list[dict]:
+    """fanova.csv rows of one fit: per key its fraction and std over trees, the readable label
+    and, for a single hyperparameter, the box integrated over (analysis units)."""
+    base = {"task": task, "variant": variant, "n": n, "low": math.nan, "high": math.nan, "note": note}
     if res is None:
-        return [{"task": task, "variant": variant, "n": n, "key": "", "fraction": math.nan, "std": math.nan, "note": note}]
+        return [{**base, "key": "", "label": "", "fraction": math.nan, "std": math.nan}]
+    labels = labels or {}
     rows = []
     for k, v in res.items():
         key = k if isinstance(k, str) else " x ".join(k)
-        rows.append({"task": task, "variant": variant, "n": n, "key": key, "fraction": v, "std": res.std[k], "note": ""})
-    rows.append({"task": task, "variant": variant, "n": n, "key": "higher-order + unexplained", "fraction": res.remainder, "std": math.nan, "note": ""})
+        row = {**base, "key": key, "label": label_of(k, labels), "fraction": v, "std": res.std[k]}
+        if isinstance(k, str):
+            row["low"], row["high"] = (float(b) for b in res.bounds[res.names.index(k)])
+        rows.append(row)
+    rest = "higher-order + unexplained"
+    rows.append({**base, "key": rest, "label": rest, "fraction": res.remainder, "std": math.nan})
     return rows
+
+
+def _space_messages(study: Study) -> list[str]:
+    """Which searches fall back on the paper's four hyperparameters (no recorded space)."""
+    fallback = sorted(f"{t}/{v}" for (t, v), s in study.spaces.items() if not s.recorded)
+    if not fallback:
+        return []
+    names = ", ".join(h.label for h in AnalysisSpace.fallback().hyperparameters)
+    return [
+        f"search(es) {', '.join(fallback)}: no recorded search space (search_space.json: a study from before "
+        f"it was recorded): the analysis covers the paper's four hyperparameters ({names}) and fANOVA integrates "
+        "over the observed min/max of the trials, not the searched box"
+    ]
 
 
 def _comparison_messages(trials: pd.DataFrame, used: pd.DataFrame, baseline: str) -> list[str]:
@@ -126,12 +154,12 @@ def analyze_study(
         raise TooFewTrialsError(f"study {study.name!r} has no trial runs (tag odyssey.role=trial) at {study.tracking_uri}")
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    labels = dict(COORDINATES)
 
-    counts = count_table(trials)
+    counts = count_table(trials, study.spaces)
     used = trials[ttest_mask(trials)]
     comparison = welch_table(used, baseline=baseline, min_per_group=MIN_GROUP_TRIALS)
-    messages = [f"WARNING: {p}" for p in mixed_sweeps(study)] + _comparison_messages(trials, used, baseline)
+    messages = [f"WARNING: {p}" for p in mixed_sweeps(study)] + list(study.notes) + _space_messages(study)
+    messages += _comparison_messages(trials, used, baseline)
     report = AnalysisReport(study, out, out / "report.html", counts, comparison, pd.DataFrame(), messages=messages)
 
     # Box plots: one per task, every variant side by side.
@@ -140,12 +168,14 @@ def analyze_study(
         values = {v: g.loc[g["variant"] == v, "test"].to_numpy(dtype=float) for v in order}
         report.figures.append(figures.box_plot(task, values, comparison, str(g["metric"].iloc[0]), out / "figures" / f"box_{_slug(task)}.png"))
 
-    # fANOVA per (task, variant).
-    fit = trials[fanova_mask(trials)]
+    # fANOVA per (task, variant), over the hyperparameters and the box of its search's space.
+    fit = trials[fanova_mask(trials, study.spaces)]
     pair_files: dict[tuple[str, str], list[Path]] = {}
     rows: list[dict] = []
     for (task, variant), g0 in trials.groupby(["task", "variant"], sort=True):
         g = fit[(fit["task"] == task) & (fit["variant"] == variant)]
+        space = study.space(task, variant)
+        labels = space.labels
         if len(g) < min_trials:
             note = f"{len(g)} trial(s) completed with full budget, fewer than {min_trials}: no fANOVA"
             messages.append(f"task {task}, {variant}: {note}")
@@ -156,31 +186,46 @@ def analyze_study(
             messages.append(f"task {task}, {variant}: {note}")
             rows += _fanova_rows(task, variant, len(g), None, note)
             continue
-        res = fanova(coordinates(g), g["test"].to_numpy(dtype=float), list(COORDINATES), n_trees=n_trees, seed=seed)
+        X = g[space.names].to_numpy(dtype=float)
+        res = fanova(X, g["test"].to_numpy(dtype=float), space.names, bounds=space.bounds(X), n_trees=n_trees, seed=seed)
         report.fanova[(task, variant)] = res
-        rows += _fanova_rows(task, variant, len(g), res, "")
+        d, enough = len(space.names), recommended_trials(len(space.names))
+        note = ""
+        if len(g) < enough:
+            note = f"few trials: {len(g)} for {d} hyperparameters, fewer than {enough} ({TRIALS_PER_HYPERPARAMETER} per hyperparameter): rough fractions"
+            messages.append(
+                f"WARNING: task {task}, {variant}: fANOVA on {len(g)} trials for {d} hyperparameters, fewer than "
+                f"{TRIALS_PER_HYPERPARAMETER} per hyperparameter ({enough}): the fractions are rough (biased towards an even "
+                "split; irrelevant hyperparameters can get 10-20 %), read them with their spread over trees"
+            )
+        rows += _fanova_rows(task, variant, len(g), res, note, labels)
         metric, s = str(g["metric"].iloc[0]), _slug(task, variant)
         title = f"{task} / {variant}: fANOVA on {len(g)} trials (test {metric})"
+        if note:
+            title += f"\nfew trials (< {enough}): rough fractions"
+        cats = space.categories
         pf = [
             figures.importance_bars(res, title, out / "figures" / f"fanova_{s}.png", labels=labels),
-            figures.marginal_curves(res, title, out / "figures" / f"marginals_{s}.png", metric=metric, labels=labels),
-            figures.pairwise_heatmaps(res, title, out / "figures" / f"pairs_{s}.png", metric=metric, labels=labels),
+            figures.marginal_curves(res, title, out / "figures" / f"marginals_{s}.png", metric=metric, labels=labels, categories=cats),
         ]
+        if d >= 2:
+            pf.append(figures.pairwise_heatmaps(res, title, out / "figures" / f"pairs_{s}.png", metric=metric, labels=labels, categories=cats))
         report.figures += pf
         pair_files[(task, variant)] = pf
-    report.fanova_table = pd.DataFrame(rows, columns=["task", "variant", "n", "key", "fraction", "std", "note"])
+    report.fanova_table = pd.DataFrame(rows, columns=FANOVA_COLUMNS)
 
     # Tables, DeepCAVE export, report.
     trials.to_csv(out / "trials.csv", index=False)
     counts.to_csv(out / "counts.csv", index=False)
     comparison.to_csv(out / "comparison.csv", index=False)
     report.fanova_table.to_csv(out / "fanova.csv", index=False)
-    export_deepcave(trials, out / "deepcave")
+    export_deepcave(trials, out / "deepcave", study.spaces)
     summary = {
         "study": study.name,
         "tracking_uri": study.tracking_uri,
         "rules": RULES,
         "messages": messages,
+        "spaces": {f"{t}/{v}": s.describe() for (t, v), s in sorted(study.spaces.items())},
         "counts": counts.to_dict(orient="records"),
         "comparison": json.loads(comparison.to_json(orient="records")),
         "fanova": json.loads(report.fanova_table.to_json(orient="records")),
@@ -199,6 +244,23 @@ def analyze_study(
         metrics = result_metrics(report.comparison, report.fanova_table)
         report.analysis_run_id = log_analysis(study, out, pair_files, metrics)
     return report
+
+
+def _pm(fraction: float, std: float) -> str:
+    """``0.812 +- 0.047``: a fraction with its spread over trees."""
+    if not np.isfinite(fraction):
+        return ""
+    return f"{fraction:.3f} \u00b1 {std:.3f}" if np.isfinite(std) else f"{fraction:.3f}"
+
+
+def fanova_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The fANOVA table as shown: readable names, each fraction with its std over trees, the box."""
+    box = [f"[{lo:.4g}, {hi:.4g}]" if np.isfinite(lo) else "" for lo, hi in zip(table["low"], table["high"])]
+    return pd.DataFrame({
+        "task": table["task"], "variant": table["variant"], "trials": table["n"],
+        "hyperparameter": table["label"], "fraction \u00b1 std": [_pm(f, s) for f, s in zip(table["fraction"], table["std"])],
+        "box": box, "note": table["note"],
+    })  # fmt: skip
 
 
 def _table_html(df: pd.DataFrame) -> str:
@@ -229,7 +291,8 @@ def write_html(report: AnalysisReport) -> Path:
     for p in r.figures:
         if p.name.startswith("box_"):
             parts.append(_img(p))
-    parts += ["<h2>fANOVA: fraction of variance per hyperparameter and pair</h2>", _table_html(r.fanova_table)]
+    parts += ["<h2>fANOVA: fraction of variance per hyperparameter and pair (mean \u00b1 std over trees)</h2>",
+              _table_html(fanova_display(r.fanova_table))]
     for p in r.figures:
         if not p.name.startswith("box_"):
             parts.append(_img(p))
@@ -249,13 +312,15 @@ def format_terminal(report: AnalysisReport) -> str:
     lines.append("")
     ft = report.fanova_table
     if not ft.empty and ft["key"].ne("").any():
-        short = {"log10_lr": "lr", "log10_hidden_size": "hidden", "log10_one_minus_momentum": "1-momentum", "input_noise": "noise"}
         done = ft[ft["key"] != ""].assign(
-            key=lambda t: t["key"].map(lambda k: " x ".join(short.get(p, p) for p in k.split(" x "))),
+            shown=lambda t: [_pm(f, s) for f, s in zip(t["fraction"], t["std"])],
             fit=lambda t: t["task"] + "/" + t["variant"] + " (n=" + t["n"].astype(str) + ")",
         )
-        tall = done.pivot_table(index="key", columns="fit", values="fraction", sort=False)
-        lines += ["fANOVA fraction of variance (columns: task/variant, trials fitted):", tall.to_string(float_format=lambda x: f"{x:.3f}")]
+        tall = done.pivot_table(index="label", columns="fit", values="shown", aggfunc="first", sort=False).fillna("")
+        rank = {lab: (" x " in key) + 2 * (key == "higher-order + unexplained") for key, lab in zip(done["key"], done["label"])}
+        tall = tall.loc[sorted(tall.index, key=lambda lab: rank[lab])]  # mains, pairs, the rest (stable)
+        tall.index.name = "hyperparameter"
+        lines += ["fANOVA fraction of variance, mean \u00b1 std over trees (columns: task/variant, trials fitted):", tall.to_string()]
     if report.messages:
         lines += ["", "Notes:", *[f"  - {m}" for m in report.messages]]
     lines += ["", f"report: {report.html}"]

@@ -6,7 +6,8 @@
   trials would flatter unstable variants. Diverged trials without a recorded test value are
   left out and counted.
 * fANOVA: only ``completed`` trials that ran their full budget (``odyssey.budget_reached`` not
-  "false"; trials without the tag count as full). Diverged trials are left out and counted:
+  "false"; trials without the tag count as full) and have a value for every hyperparameter of
+  their search's space (a choice outside the recorded ones counts as none). Diverged trials are left out and counted:
   their constant worst value would make the forest model where training diverges rather than
   how the metric depends on the hyperparameters.
 * Trials stopped early by the scheduler (``stopped_early``), ``failed``, ``interrupted`` (the
@@ -16,10 +17,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 
-from odyssey.analysis.study import COORDINATES
+from odyssey.analysis.space import AnalysisSpace
 from odyssey.tracking import (
     ALL_STATUSES,
     STATUS_COMPLETED,
@@ -35,8 +38,9 @@ RULES = [
     "diverged; a diverged trial enters with the worst value the trainer recorded for it "
     "(divergence is part of a variant's performance over the search space). The 'top10' "
     "subset is the best 10% of each group's trials by validation metric.",
-    "fANOVA: only completed trials that ran their full budget; diverged trials are left out "
-    "(their constant worst value would dominate the variance) and counted.",
+    "fANOVA: only completed trials that ran their full budget and have a value for every searched "
+    "hyperparameter; diverged trials are left out (their constant worst value would dominate the "
+    "variance) and counted.",
     "Trials stopped early by the scheduler, failed trials, interrupted trials (resume the sweep "
     "to finish them) and trials still running are left out of both analyses and counted.",
 ]
@@ -48,16 +52,24 @@ def ttest_mask(trials: pd.DataFrame) -> pd.Series:
     return ok & np.isfinite(trials["test"].astype(float))
 
 
-def fanova_mask(trials: pd.DataFrame) -> pd.Series:
-    """Rows that enter the fANOVA fit."""
+def fanova_mask(trials: pd.DataFrame, spaces: Mapping[tuple[str, str], AnalysisSpace] | None = None) -> pd.Series:
+    """Rows that enter the fANOVA fit; with ``spaces`` (per (task, variant), as ``Study.spaces``)
+    only rows with a finite coordinate for each hyperparameter of their search's space."""
     full = trials["budget_reached"].map(lambda b: b is not False)
-    finite = np.isfinite(trials[list(COORDINATES) + ["test"]].astype(float)).all(axis=1)
+    finite = pd.Series(np.isfinite(trials["test"].astype(float)), index=trials.index)
+    for (task, variant), space in (spaces or {}).items():
+        sel = (trials["task"] == task) & (trials["variant"] == variant)
+        if not sel.any():
+            continue
+        cols = [c for c in space.names if c in trials.columns]
+        ok = np.isfinite(trials.loc[sel, cols].astype(float)).all(axis=1) if len(cols) == len(space.names) else False
+        finite[sel] = finite[sel] & ok
     return (trials["status"] == STATUS_COMPLETED) & full & finite
 
 
-def count_table(trials: pd.DataFrame) -> pd.DataFrame:
+def count_table(trials: pd.DataFrame, spaces: Mapping[tuple[str, str], AnalysisSpace] | None = None) -> pd.DataFrame:
     """Per (task, variant): trials by status and how many enter each analysis."""
-    t = trials.assign(_tt=ttest_mask(trials), _fa=fanova_mask(trials))
+    t = trials.assign(_tt=ttest_mask(trials), _fa=fanova_mask(trials, spaces))
     t["_cut"] = (t["status"] == STATUS_COMPLETED) & t["budget_reached"].map(lambda b: b is False)
     rows = []
     for (task, variant), g in t.groupby(["task", "variant"], sort=True):

@@ -2,12 +2,18 @@
 
 The run schema is ``odyssey.tracking``'s: one experiment per study, one parent run per
 (task, variant) search (tag ``odyssey.role=search``) and one child run per trial
-(``odyssey.role=trial``). Columns of ``Study.trials``:
+(``odyssey.role=trial``). Each parent run records the search space it sampled from
+(``search_space.json``); :mod:`odyssey.analysis.space` turns it into the hyperparameters of that
+search's analysis (``Study.spaces``), or falls back on the paper's four for older studies.
 
-``run_id, parent_run_id, task, variant, status, metric, lower_is_better, hidden_size, lr,
-momentum, input_noise`` (paper units, floats), the analysis coordinates ``log10_lr,
-log10_hidden_size, log10_one_minus_momentum`` (and ``input_noise``), ``val`` (``best_val/<m>``),
-``test`` (``test/<m>``) for the primary metric ``m``, ``params_count``, ``budget_reached``
+Columns of ``Study.trials``: ``run_id, parent_run_id, task, variant, status, metric,
+lower_is_better``, then for every searched hyperparameter of any search its config value under
+the config path (``model.hidden_size``, ``train.lr``, ``train.batch_size``...: a float for
+numeric ones, the logged text such as ``None`` or ``8`` for a categorical) and, after them, its
+analysis coordinate (``log10_hidden_size``, ``log10_lr``, ``log10_one_minus_momentum``,
+``input_noise``, ``batch_size``, ``clip_norm``...: log10 / log10(1 - x) / as is; a
+categorical's index among its recorded choices), then ``val`` (``best_val/<m>``), ``test``
+(``test/<m>``) for the primary metric ``m``, ``params_count``, ``budget_reached``
 (True/False/None when the tag is absent), ``seed``, ``epochs``, ``max_epochs`` (the budget,
 param ``train.max_epochs``), ``start_time``, ``end_time`` (seconds since the epoch).
 """
@@ -18,16 +24,15 @@ import math
 import os
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from odyssey.analysis.errors import StudyNotFoundError
-from odyssey.errors import ServiceError
+from odyssey.analysis.space import AnalysisSpace, union_columns
+from odyssey.errors import ConfigError, ServiceError
 from odyssey.tracking import (
-    SEARCHED_PARAMS,
     STATUS_COMPLETED,
     STATUS_FAILED,
     STATUS_RUNNING,
@@ -47,15 +52,6 @@ ROLE_SEARCH = "search"
 ROLE_ANALYSIS = "analysis"
 PAGE_SIZE = 1000
 
-# Analysis coordinates (the paper's): column name -> axis label.
-COORDINATES: dict[str, str] = {
-    "log10_lr": "log10(learning rate)",
-    "log10_hidden_size": "log10(hidden size)",
-    "log10_one_minus_momentum": "log10(1 - momentum)",
-    "input_noise": "input noise std",
-}
-
-
 @dataclass(frozen=True)
 class Study:
     """A study read from MLflow.
@@ -65,6 +61,10 @@ class Study:
         tracking_uri: where it was read from.
         trials: one row per trial run (see the module docstring).
         searches: one row per parent search run: run_id, task, variant.
+        spaces: per (task, variant), the hyperparameters its analysis covers (from the search's
+            recorded space, else the paper's four: ``AnalysisSpace.recorded`` says which).
+        notes: sentences about how the spaces were read (a record that could not be read).
+        parent_spaces: per parent run id, its recorded space (None: no record).
     """
 
     name: str
@@ -72,6 +72,13 @@ class Study:
     tracking_uri: str
     trials: pd.DataFrame
     searches: pd.DataFrame
+    spaces: dict[tuple[str, str], AnalysisSpace] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    parent_spaces: dict[str, AnalysisSpace | None] = field(default_factory=dict)
+
+    def space(self, task: str, variant: str) -> AnalysisSpace:
+        """The hyperparameters of search (task, variant); the fallback when it has none."""
+        return self.spaces.get((task, variant)) or AnalysisSpace.fallback()
 
 
 def default_tracking_uri() -> str:
@@ -116,10 +123,6 @@ def _float(value: object) -> float:
         return math.nan
 
 
-def _log10(value: float) -> float:
-    return math.log10(value) if value > 0 else math.nan
-
-
 def _bool(value: str | None) -> bool | None:
     if value is None:
         return None
@@ -147,7 +150,6 @@ def _trial_row(run) -> dict:
         "status": _status(tags, run.info.status),
         "metric": tags.get(TAG_PRIMARY_METRIC),
         "lower_is_better": _bool(tags.get(TAG_LOWER_IS_BETTER)),
-        **{p: _float(params.get(p)) for p in SEARCHED_PARAMS},
         "params_count": _float(tags.get(TAG_PARAMS_COUNT)),
         "budget_reached": _bool(tags.get(TAG_BUDGET_REACHED)),
         "seed": _float(tags.get(TAG_SEED)),
@@ -156,10 +158,8 @@ def _trial_row(run) -> dict:
         "start_time": (run.info.start_time or 0) / 1000.0,
         "end_time": (run.info.end_time or 0) / 1000.0,
         "_metrics": metrics,
+        "_params": params,
     }
-    row["log10_lr"] = _log10(row["lr"])
-    row["log10_hidden_size"] = _log10(row["hidden_size"])
-    row["log10_one_minus_momentum"] = _log10(1.0 - row["momentum"])
     return row
 
 
@@ -185,11 +185,66 @@ def _fill_metric(rows: list[dict]) -> None:
         r["test"] = _float(metrics.get(f"test/{r['metric']}"))
 
 
-TRIAL_COLUMNS = [
-    "run_id", "parent_run_id", "task", "variant", "status", "metric", "lower_is_better",
-    *SEARCHED_PARAMS, *[c for c in COORDINATES if c not in SEARCHED_PARAMS], "val", "test",
-    "params_count", "budget_reached", "seed", "epochs", "max_epochs", "start_time", "end_time",
-]
+LEADING_COLUMNS = ["run_id", "parent_run_id", "task", "variant", "status", "metric", "lower_is_better"]
+TRAILING_COLUMNS = [
+    "val", "test", "params_count", "budget_reached", "seed", "epochs", "max_epochs", "start_time", "end_time",
+]  # fmt: skip
+
+
+def _read_spaces(uri: str, parents: list) -> tuple[dict[str, AnalysisSpace | None], list[str]]:
+    """Per parent run id its recorded space (None without a record), and notes on records that
+    could not be read."""
+    out: dict[str, AnalysisSpace | None] = {}
+    notes = []
+    quiet = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ  # one bar per search otherwise
+    if quiet:
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        for r in parents:
+            out[r.info.run_id] = _read_space(uri, r, notes)
+    finally:
+        if quiet:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+    return out, notes
+
+
+def _read_space(uri: str, run, notes: list[str]) -> AnalysisSpace | None:
+    """One parent run's recorded space; None without a record or with one this version cannot
+    read (e.g. a key it does not know: a note says so)."""
+    from odyssey.sweep.mlflow_runs import recorded_search_space
+
+    try:
+        space = recorded_search_space(uri, run.info.run_id)
+    except ConfigError as exc:
+        search = f"{run.data.tags.get(TAG_TASK)}/{run.data.tags.get(TAG_VARIANT)}"
+        notes.append(f"WARNING: search {search}: its recorded search space is unreadable ({exc}); analysed as a study without one")
+        return None
+    return AnalysisSpace.from_search_space(space) if space is not None else None
+
+
+def _search_spaces(rows: list[dict], searches: pd.DataFrame, parent_spaces: dict) -> dict[tuple[str, str], AnalysisSpace]:
+    """Per (task, variant): its parent runs' recorded space (the earliest recorded one where
+    several parents disagree: ``mixed_sweeps`` flags it), else the fallback."""
+    spaces: dict[tuple[str, str], AnalysisSpace] = {}
+    for r in searches.itertuples(index=False):
+        recorded = parent_spaces.get(r.run_id)
+        if recorded is not None and (r.task, r.variant) not in spaces:
+            spaces[(r.task, r.variant)] = recorded
+    for r in rows:
+        spaces.setdefault((r["task"], r["variant"]), AnalysisSpace.fallback())
+    for r in searches.itertuples(index=False):
+        spaces.setdefault((r.task, r.variant), AnalysisSpace.fallback())
+    return spaces
+
+
+def _fill_hyperparameters(rows: list[dict], spaces: dict[tuple[str, str], AnalysisSpace]) -> None:
+    """Each row's searched values, by its search's space: config path and analysis coordinate."""
+    for r in rows:
+        params = r.pop("_params")
+        for h in spaces[(r["task"], r["variant"])].hyperparameters:
+            text = params.get(h.path)
+            r[h.path] = h.value(text)
+            r[h.name] = h.coordinate(text)
 
 
 def load_study(name: str, *, tracking_uri: str | None = None) -> Study:
@@ -220,16 +275,21 @@ def load_study(name: str, *, tracking_uri: str | None = None) -> Study:
         )
     rows = [_trial_row(r) for r in _search_all(client, exp.experiment_id, ROLE_TRIAL)]
     _fill_metric(rows)
-    trials = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
-    trials["params_count"] = trials["params_count"].astype(float)
+    parents = sorted(_search_all(client, exp.experiment_id, ROLE_SEARCH), key=lambda r: r.info.start_time or 0)
     searches = pd.DataFrame(
-        [
-            {"run_id": r.info.run_id, "task": r.data.tags.get(TAG_TASK), "variant": r.data.tags.get(TAG_VARIANT)}
-            for r in _search_all(client, exp.experiment_id, ROLE_SEARCH)
-        ],
+        [{"run_id": r.info.run_id, "task": r.data.tags.get(TAG_TASK), "variant": r.data.tags.get(TAG_VARIANT)} for r in parents],
         columns=["run_id", "task", "variant"],
     )
-    return Study(name, exp.experiment_id, uri, trials.sort_values(["task", "variant", "start_time"], kind="stable").reset_index(drop=True), searches)
+    parent_spaces, notes = _read_spaces(uri, parents)
+    spaces = _search_spaces(rows, searches, parent_spaces)
+    _fill_hyperparameters(rows, spaces)
+    paths, names = union_columns([spaces[k] for k in sorted(spaces)])
+    trials = pd.DataFrame(rows, columns=[*LEADING_COLUMNS, *paths, *[n for n in names if n not in paths], *TRAILING_COLUMNS])
+    trials["params_count"] = trials["params_count"].astype(float)
+    for n in names:
+        trials[n] = trials[n].astype(float)
+    trials = trials.sort_values(["task", "variant", "start_time"], kind="stable").reset_index(drop=True)
+    return Study(name, exp.experiment_id, uri, trials, searches, spaces, tuple(notes), parent_spaces)
 
 
 def mixed_sweeps(study: Study) -> list[str]:
@@ -241,6 +301,12 @@ def mixed_sweeps(study: Study) -> list[str]:
     for (task, variant), n in parents.items():
         if n > 1:
             problems.append(f"search {task}/{variant} has {n} parent runs: trials of {n} separate sweeps would be pooled")
+    for (task, variant), g in study.searches.groupby(["task", "variant"]):
+        recorded = [s for s in (study.parent_spaces.get(r) for r in g["run_id"]) if s is not None]
+        if any(not s.same_as(recorded[0]) for s in recorded[1:]):
+            problems.append(
+                f"search {task}/{variant}: its parent runs recorded different search spaces (the analysis uses the earliest)"
+            )
     budgets = study.trials.dropna(subset=["max_epochs"])
     for (task, variant), g in budgets.groupby(["task", "variant"]):
         counts = g["max_epochs"].astype(int).value_counts().sort_index()
@@ -253,8 +319,3 @@ def mixed_sweeps(study: Study) -> list[str]:
             shown = ", ".join(f"{v}: {'/'.join(map(str, b))}" for v, b in per_search.items())
             problems.append(f"task {task}: the variants were trained with different epoch budgets ({shown})")
     return problems
-
-
-def coordinates(trials: pd.DataFrame) -> np.ndarray:
-    """(n, 4) the trials' analysis coordinates, columns in ``COORDINATES`` order."""
-    return trials[list(COORDINATES)].to_numpy(dtype=float)
