@@ -263,9 +263,10 @@ def test_sweep_end_to_end(tmp_path, mlflow_server, ray_cluster, capsys):
     assert sorted(trials["variant"].unique()) == ["nfg", "vanilla"] and trials["val"].notna().all()
     client, _, runs = study_runs(mlflow_server, name)
     by_id = {r.info.run_id: r for r in runs}
-    for row in trials.itertuples():
-        assert row.lr == pytest.approx(float(by_id[row.run_id].data.params["train.lr"]))
-        assert row.test == pytest.approx(by_id[row.run_id].data.metrics["test/mse"])
+    for _, row in trials.iterrows():
+        assert row["train.lr"] == pytest.approx(float(by_id[row["run_id"]].data.params["train.lr"]))
+        assert row["log10_lr"] == pytest.approx(math.log10(row["train.lr"]))
+        assert row["test"] == pytest.approx(by_id[row["run_id"]].data.metrics["test/mse"])
     report = handle.analyze(out_dir=tmp_path / "analysis", log=False, min_trials=2, n_trees=8)
     counts = report.counts.set_index("variant")
     assert counts.loc["vanilla", "completed"] == counts.loc["nfg", "completed"] == 3
