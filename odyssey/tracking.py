@@ -2,9 +2,9 @@
 
 Run schema (the analysis reads it back, so it is part of the public contract):
 
-* params: the effective config flattened (``model.hidden_size``, ``train.lr``...), plus the four
-  searched hyperparameters under bare names in the paper's units: ``hidden_size``, ``lr``,
-  ``momentum``, ``input_noise``.
+* params: the effective config flattened (``model.hidden_size``, ``train.lr``...), plus the
+  paper's four hyperparameters under bare names (``hidden_size``, ``lr``, ``momentum``,
+  ``input_noise``: short MLflow columns; the analysis reads the config paths).
 * per-epoch metrics (step = epoch, 1-based): ``train/loss``, ``val/<metric>`` for each of the
   task's metrics.
 * searched hyperparameters (sweep trials) in analysis units, as numeric metrics ``hp/<coordinate>``
@@ -45,7 +45,6 @@ STATUS_INTERRUPTED = "interrupted"  # the sweep was stopped (signal, outage); re
 STATUSES = (STATUS_COMPLETED, STATUS_STOPPED, STATUS_DIVERGED, STATUS_FAILED)  # final: never trained again
 ALL_STATUSES = (*STATUSES, STATUS_INTERRUPTED, STATUS_RUNNING)
 
-SEARCHED_PARAMS = ("hidden_size", "lr", "momentum", "input_noise")
 SEARCH_METRIC_PREFIX = "search/"  # the metrics of parent runs
 HP_METRIC_PREFIX = "hp/"  # a trial's searched hyperparameters in analysis units
 
