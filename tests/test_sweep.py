@@ -361,7 +361,8 @@ def test_submit_to_job_server(tmp_path, mlflow_server, ray_cluster, monkeypatch,
     logs = job_logs(f"odyssey-{name}-stopped")
     assert "interrupted (SIGTERM received)" in logs and "Resume with: odyssey submit" in logs, logs[-3000:]
     _, parents, trials = study_runs(mlflow_server, name)
-    assert {p.data.tags[TAG_STATUS] for p in parents} == {STATUS_INTERRUPTED}, [p.data.tags for p in parents]
+    statuses = {p.data.tags[TAG_STATUS] for p in parents}  # a search may have ended before the stop
+    assert STATUS_INTERRUPTED in statuses and statuses <= {STATUS_INTERRUPTED, STATUS_COMPLETED}, statuses
     assert {t.data.tags[TAG_STATUS] for t in trials} <= {STATUS_COMPLETED, STATUS_INTERRUPTED}
 
     submit(f"odyssey-{name}", "resume=true")
@@ -393,7 +394,9 @@ def test_submit_to_job_server(tmp_path, mlflow_server, ray_cluster, monkeypatch,
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "how, execution", [("SIGKILL", "single"), ("SIGINT", "pack"), ("SIGTERM", "single")], ids=["kill", "int-pack", "term"]
+    "how, execution",
+    [pytest.param("SIGKILL", "single", marks=pytest.mark.soak), ("SIGINT", "pack"), ("SIGTERM", "single")],
+    ids=["kill", "int-pack", "term"],
 )
 def test_interrupt_and_resume(tmp_path, mlflow_server, ray_cluster, how, execution):
     """Stop the driver mid-sweep, resume: all trials, each once, every epoch logged once.
@@ -455,6 +458,7 @@ def test_interrupt_and_resume(tmp_path, mlflow_server, ray_cluster, how, executi
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_mlflow_outages_short_and_past_the_grace(tmp_path, restartable_mlflow_server, ray_cluster):
     """The real tracking server goes away twice while trials train.
 
@@ -469,11 +473,11 @@ def test_mlflow_outages_short_and_past_the_grace(tmp_path, restartable_mlflow_se
     from odyssey.tracking import STATUS_INTERRUPTED
 
     server = restartable_mlflow_server
-    name, epochs = "outage", 90
+    name, epochs = "outage", 200
     overrides = [
         *tiny(tmp_path, name, variants=("vanilla",), samples=2, epochs=epochs),
         "task.num_train=128", "train.batch_size=1", "train.patience=100",  # ~0.3-0.5 s per epoch
-        "execution=single", "tracking.outage_grace_s=30",
+        "execution=single", "tracking.outage_grace_s=60",
         f"tracking.uri={server.uri}", f"ray.address={ray_cluster.address}",
     ]  # fmt: skip
     log = tmp_path / "driver.log"
@@ -488,10 +492,9 @@ def test_mlflow_outages_short_and_past_the_grace(tmp_path, restartable_mlflow_se
 
     wait_for(lambda: len(logged_epochs()) == 2 and min(logged_epochs()) >= 2, 180, "two trials logging", proc, log)
     before = max(logged_epochs())
-    server.stop()  # 1. a short outage: 3 s, plus the ~10 s the server takes to start again
-    time.sleep(3)
-    assert proc.poll() is None, log.read_text()[-3000:]
+    server.stop()  # 1. a short outage: the 10-40 s the server takes to start again (2 cores, loaded)
     server.start()
+    assert proc.poll() is None, log.read_text()[-3000:]
     assert "is back after" in log.read_text() or proc.poll() is None
     wait_for(lambda: max(logged_epochs()) >= before + 6, 120, "training logged through the short outage", proc, log)
 
@@ -617,6 +620,7 @@ def test_cuda_on_a_cluster_without_gpus_fails_before_any_trial(tmp_path, mlflow_
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_worker_node_killed(tmp_path, mlflow_server, ray_cluster):
     """Lose a node mid-sweep: its trial is retried from its checkpoint elsewhere; every trial ends
     completed or failed, none is lost, none has two runs. (Last: it replaces the worker node.)"""
