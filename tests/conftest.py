@@ -31,6 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # machines can reach it; this (documented) switch keeps every node, driver and job on 127.0.0.1.
 # It is read when Ray is first imported, and Ray's processes and our subprocesses inherit it.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# Ray's token authentication is off for the in-process test cluster and local runtimes, whatever
+# ~/.ray/auth_token holds: without this, the first local ray.init() (or a test that used token mode)
+# turns token mode on for every later cluster of the session, whose dashboard then answers 401.
+# tests/test_ray_cli_cluster.py runs its token-authenticated cluster with environments of its own.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 
 def free_port() -> int:
