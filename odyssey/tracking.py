@@ -92,12 +92,17 @@ def get_or_create_experiment(client: "MlflowClient", name: str) -> str:
 
 def tracking_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means the tracking server is away or overloaded (no connection, a timeout,
-    HTTP 5xx or 429, a locked SQLite store), so the same call may succeed later; False when it
-    refused the request itself (a bad parameter, a deleted run)."""
+    HTTP 5xx or 429, a locked SQLite store, a server out of database connections), so the same
+    call may succeed later; False when it refused the request itself (a bad parameter, a deleted
+    run)."""
     text = str(exc)
     if isinstance(exc, OSError) or "failed with exception" in text or "failed with timeout exception" in text:
         return True
     if "database is locked" in text:
+        return True
+    # The server's SQLAlchemy pool ran dry (it answers 400 BAD_REQUEST for that): an overloaded
+    # server (its MLFLOW_SQLALCHEMYSTORE_POOL_SIZE is too small); PostgreSQL out of connections.
+    if "QueuePool limit of size" in text or "too many clients" in text or "remaining connection slots" in text:
         return True
     status = getattr(exc, "get_http_status_code", None)
     if callable(status):
@@ -110,9 +115,12 @@ def tracking_unavailable(exc: BaseException) -> bool:
 
 
 def call_with_retry(fn, *args, give_up=lambda: False, on_wait=None, **kwargs):
-    """``fn(*args, **kwargs)``, retried with backoff (1 s doubling to 30 s) while the tracking server
-    is unavailable (:func:`tracking_unavailable`), until ``give_up()``; other errors raise at once.
-    ``on_wait(exc)`` is told of each failed attempt."""
+    """``fn(*args, **kwargs)``, retried with backoff (1 s doubling to 30 s, each wait drawn between
+    half and all of it, so that hundreds of trials refused at once do not come back at once) while
+    the tracking server is unavailable (:func:`tracking_unavailable`), until ``give_up()``; other
+    errors raise at once. ``on_wait(exc)`` is told of each failed attempt."""
+    import random
+
     delay = 1.0
     while True:
         try:
@@ -122,7 +130,7 @@ def call_with_retry(fn, *args, give_up=lambda: False, on_wait=None, **kwargs):
                 raise
             if on_wait is not None:
                 on_wait(exc)
-            time.sleep(delay)
+            time.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(2 * delay, 30.0)
 
 
@@ -216,7 +224,18 @@ class MlflowTrialLogger:
 
     def flush(self) -> bool:
         """Send buffered metrics (at most 1000 per call, MLflow's limit). False, keeping what is
-        unsent, when the server is unavailable; other errors raise."""
+        unsent, when the server is unavailable; other errors raise.
+
+        Back-pressure: after a failed flush the next one sends nothing (returns False) until a
+        backoff has passed, 1 s doubling to 15 s, jittered, so that hundreds of trials do not
+        hammer an overloaded server every epoch; the buffer then goes as one batch. A batch that
+        reached the server before the client gave up on it is stored once: every metric keeps its
+        timestamp, and MLflow's store skips a (key, timestamp, step, value) it has."""
+        import random
+
+        now = time.monotonic()
+        if self._pending and now < getattr(self, "_retry_at", 0.0):
+            return False
         try:
             while self._pending:
                 chunk = self._pending[:1000]
@@ -226,9 +245,12 @@ class MlflowTrialLogger:
             if not tracking_unavailable(exc):
                 raise
             if self.unavailable_since is None:
-                self.unavailable_since = time.monotonic()
+                self.unavailable_since = now
+            self._backoff_s = min(2 * getattr(self, "_backoff_s", 0.5), 15.0)
+            self._retry_at = time.monotonic() + self._backoff_s * random.uniform(0.5, 1.0)
             return False
         self.unavailable_since = None
+        self._backoff_s, self._retry_at = 0.5, 0.0  # the first failure waits 1 s
         return True
 
     def state(self) -> dict:

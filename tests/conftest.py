@@ -178,3 +178,151 @@ def ray_cluster(tmp_path_factory) -> RayTestCluster:
         if ray.is_initialized():
             ray.shutdown()
         cluster.shutdown()
+
+
+# --------------------------------------------------------------------------------------------
+# A private PostgreSQL cluster and an MLflow server on any backend (the load test)
+
+
+def postgres_bin_dir() -> Path | None:
+    """The folder of PostgreSQL's server programs (initdb, pg_ctl): on $PATH, else Debian's
+    /usr/lib/postgresql/<version>/bin (the newest); None when PostgreSQL is not installed."""
+    found = shutil.which("pg_ctl")
+    if found and (Path(found).resolve().parent / "initdb").exists():
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    return versions[-1].parent if versions else None
+
+
+def _install_postgres() -> Path | None:
+    """As root with apt-get, install Debian's PostgreSQL (about a minute, once per machine)."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return None
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"]
+    for cmd in (install, ["apt-get", "update", "-q"], install):
+        try:
+            done = subprocess.run(cmd, env=env, capture_output=True, timeout=300)
+        except subprocess.TimeoutExpired:
+            return None
+        if cmd is install and done.returncode == 0:
+            break
+    return postgres_bin_dir()
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster: ``initdb`` in a fresh folder under the system temp dir,
+    listening on 127.0.0.1:``port`` only (no Unix socket outside its folder), password auth for
+    user ``odyssey`` (a random password), database ``mlflow``. As root the server runs as the
+    ``postgres`` user (``initdb`` refuses root). ``url`` is the SQLAlchemy URL for MLflow."""
+
+    user, database = "odyssey", "mlflow"
+
+    def __init__(self, bin_dir: Path, port: int | None = None, max_connections: int = 400):
+        import secrets
+        import tempfile
+
+        self.bin_dir, self.port, self.max_connections = bin_dir, port or free_port(), max_connections
+        self.password = secrets.token_hex(16)
+        # Not under pytest's tmp (0700, root's): the postgres user must reach the folder.
+        self.root = Path(tempfile.mkdtemp(prefix="odyssey-pg-"))
+        self.data, self.log = self.root / "data", self.root / "server.log"
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            import pwd
+
+            try:
+                owner = pwd.getpwnam("postgres")
+            except KeyError:
+                shutil.rmtree(self.root, ignore_errors=True)
+                pytest.skip("PostgreSQL: running as root and there is no 'postgres' user to run initdb as")
+            if not shutil.which("runuser"):
+                shutil.rmtree(self.root, ignore_errors=True)
+                pytest.skip("PostgreSQL: running as root and runuser is missing (initdb refuses root)")
+            os.chown(self.root, owner.pw_uid, owner.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.root.chmod(0o700)
+        # +psycopg2: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg (3), which MLflow does not bring
+        self.url = f"postgresql+psycopg2://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}"
+
+    def _run(self, *args: str, timeout: float = 120) -> None:
+        done = subprocess.run([*self.as_user, *args], capture_output=True, text=True, timeout=timeout, cwd=self.root)
+        if done.returncode != 0:
+            log = self.log.read_text()[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"{' '.join(args[:2])} failed ({done.returncode}): {done.stdout}{done.stderr}{log}")
+
+    def start(self) -> "PostgresCluster":
+        pwfile = self.root / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        if self.as_user:
+            shutil.chown(pwfile, "postgres")
+        pwfile.chmod(0o600)
+        self._run(
+            str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", self.user, f"--pwfile={pwfile}",
+            "--auth=scram-sha-256", "-E", "UTF8", "--locale=C",
+        )  # fmt: skip
+        pwfile.unlink()
+        opts = f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root} -c max_connections={self.max_connections}"
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", opts, "start")
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user=self.user, password=self.password, dbname="postgres")
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE DATABASE {self.database}")
+        finally:
+            conn.close()
+        return self
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            try:
+                self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop")
+            except (RuntimeError, subprocess.TimeoutExpired):
+                self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> PostgresCluster:
+    """A private PostgreSQL cluster on 127.0.0.1 (see :class:`PostgresCluster`); skips when
+    PostgreSQL is not installed and cannot be (apt-get as root), or psycopg2 is missing."""
+    pytest.importorskip("psycopg2", reason="PostgreSQL tests need psycopg2-binary (pip install -e '.[test]')")
+    bin_dir = postgres_bin_dir() or _install_postgres()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (no initdb/pg_ctl; Debian: apt-get install postgresql)")
+    cluster = PostgresCluster(bin_dir)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+class MlflowBackendServer(MlflowServer):
+    """``mlflow server`` on 127.0.0.1 with the backend store ``backend_uri`` (passed in the
+    environment, so a password stays off the command line) and ``workers`` worker processes
+    (None: MLflow's default, 4), ``env`` on top of this process's environment (e.g.
+    ``MLFLOW_SQLALCHEMYSTORE_POOL_SIZE``); artifacts under ``root``."""
+
+    def __init__(
+        self, root: Path, backend_uri: str, *, workers: int | None = None, env: dict[str, str] | None = None, port: int | None = None
+    ):
+        super().__init__(root, port)
+        self.backend_uri, self.workers, self.env = backend_uri, workers, dict(env or {})
+
+    def start(self) -> "MlflowBackendServer":
+        log = self.root / "server.log"
+        mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+        cmd = [mlflow, "server", "--artifacts-destination", str(self.root / "artifacts"),
+               "--host", "127.0.0.1", "--port", str(self.port)]  # fmt: skip
+        if self.workers is not None:
+            cmd += ["--workers", str(self.workers)]
+        # MLflow 3's job runner (GenAI scorers, a huey consumer per job type) is nothing odyssey uses
+        env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": self.backend_uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env.pop("PYTEST_CURRENT_TEST", None)  # MLflow's store checks every read session under pytest
+        env.update(self.env)
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.root, env=env, start_new_session=True)
+        _wait_http(f"{self.uri}/health", timeout=120, proc=self.proc, log=log)
+        return self
