@@ -214,7 +214,8 @@ class PostgresCluster:
     """A throwaway PostgreSQL cluster: ``initdb`` in a fresh folder under the system temp dir,
     listening on 127.0.0.1:``port`` only (no Unix socket outside its folder), password auth for
     user ``odyssey`` (a random password), database ``mlflow``. As root the server runs as the
-    ``postgres`` user (``initdb`` refuses root). ``url`` is the SQLAlchemy URL for MLflow."""
+    ``postgres`` user (``initdb`` refuses root). ``max_connections`` 400: each MLflow server worker
+    may hold up to its pool size + 10 connections. ``url`` is the SQLAlchemy URL for MLflow."""
 
     user, database = "odyssey", "mlflow"
 

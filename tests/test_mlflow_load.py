@@ -222,7 +222,10 @@ def check_runs(client, exp_id: str, parent: str, trials: list[TrialLoad]) -> tup
     problems = []
     extra = set(children) - {t.run_id for t in trials}
     if extra:  # a retried create_run, or MlflowTrialLogger.start retried after it made its run
-        problems.append(f"{len(extra)} run(s) no trial knows of (a create retried into a second run?)")
+        problems.append(
+            f"{len(extra)} run(s) no trial knows of: create_run calls slower than MLFLOW_HTTP_REQUEST_TIMEOUT, "
+            "re-sent by MLflow's HTTP retries (each made a run; MlflowTrialLogger.start keeps the last)"
+        )
 
     def check(t: TrialLoad) -> list[str]:
         run = children.get(t.run_id)
