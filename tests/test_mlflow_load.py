@@ -274,6 +274,7 @@ def load_env(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_many_trials_log_at_once(backend, request, tmp_path, load_env):

@@ -526,7 +526,10 @@ def test_mlflow_outages_short_and_past_the_grace(tmp_path, restartable_mlflow_se
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "execution",
-    [["execution=single", "study.max_concurrent_trials=1"], ["execution=pack", "execution.members=2"]],
+    [
+        pytest.param(["execution=single", "study.max_concurrent_trials=1"], marks=pytest.mark.soak),
+        ["execution=pack", "execution.members=2"],
+    ],
     ids=["single", "pack"],
 )
 def test_asha_stops_poor_trials_and_marks_them(tmp_path, mlflow_server, ray_cluster, execution):
