@@ -311,13 +311,20 @@ def where_to_look(uri: str, experiment_id: str) -> str:
     return f"MLflow UI: `mlflow ui --backend-store-uri {uri}`, then {url}"
 
 
-def trial_run_name(variant: str, trial_id: str) -> str:
-    """A readable run name: the variant and the trial's index in its search (``vanilla-007``);
-    searchers that name trials by hash keep 8 characters of it."""
+def trial_index(trial_id: str) -> int | None:
+    """The counter of random search's Ray trial ids (``xxxxx_00007`` -> 7); None for searchers
+    (TPE) that name trials by hash only."""
     import re
 
     match = re.search(r"_(\d+)$", trial_id)
-    return f"{variant}-{int(match.group(1)):03d}" if match else f"{variant}-{trial_id[:8]}"
+    return int(match.group(1)) if match else None
+
+
+def trial_run_name(variant: str, trial_id: str) -> str:
+    """A readable run name: the variant and the trial's index in its search (``vanilla-007``);
+    searchers that name trials by hash keep 8 characters of it."""
+    index = trial_index(trial_id)
+    return f"{variant}-{index:03d}" if index is not None else f"{variant}-{trial_id[:8]}"
 
 
 def quiet_mlflow_urls() -> None:

@@ -40,7 +40,6 @@ from odyssey.tracking import (
     TAG_LOWER_IS_BETTER,
     TAG_PARAMS_COUNT,
     TAG_PRIMARY_METRIC,
-    TAG_ROLE,
     TAG_SEED,
     TAG_STATUS,
     TAG_TASK,
@@ -101,19 +100,9 @@ def _check_store(tracking_uri: str) -> None:
 
 
 def _search_all(client, experiment_id: str, role: str) -> list:
-    """Every run with ``odyssey.role = role``, page by page (thousands of runs work)."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            experiment_ids=[experiment_id],
-            filter_string=f"tags.`{TAG_ROLE}` = '{role}'",
-            max_results=PAGE_SIZE,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    from odyssey.sweep.mlflow_runs import runs_with_role
+
+    return runs_with_role(client, experiment_id, role, page_size=PAGE_SIZE)
 
 
 def _float(value: object) -> float:

@@ -64,7 +64,6 @@ from odyssey.tracking import (
     STATUS_INTERRUPTED,
     STATUS_RUNNING,
     STATUS_STOPPED,
-    TAG_ROLE,
     TAG_STATUS,
     TAG_TASK,
     TAG_TRIAL_ID,
@@ -184,7 +183,7 @@ def clean_study(
     if exp is None:
         names = sorted(e.name for e in mlf.search_experiments())
         raise ConfigError(f"no study named {study!r} at {tracking_uri}; studies there: {', '.join(names) or '(none)'}")
-    parents = _runs(mlf, exp.experiment_id, mlflow_runs.ROLE_SEARCH)
+    parents = mlflow_runs.runs_with_role(mlf, exp.experiment_id, mlflow_runs.ROLE_SEARCH, page_size=PAGE)
     if not parents:
         raise ConfigError(f"study {study!r} has no sweep in MLflow ({tracking_uri}): nothing to clean")
     _refuse_unfinished(study, exp.tags, parents)
@@ -192,13 +191,13 @@ def clean_study(
 
     lease = None
     if not dry_run:  # hold the study while deleting: no driver can start (or resume) it meanwhile
-        lease = identity._acquire(mlf, exp.experiment_id, study)
+        lease = identity.acquire_lease(mlf, exp.experiment_id, study)
     try:
         if lease is not None:  # re-read under the lease: a driver may have run in between
             exp = mlf.get_experiment(exp.experiment_id)
-            parents = _runs(mlf, exp.experiment_id, mlflow_runs.ROLE_SEARCH)
+            parents = mlflow_runs.runs_with_role(mlf, exp.experiment_id, mlflow_runs.ROLE_SEARCH, page_size=PAGE)
             _refuse_unfinished(study, {k: v for k, v in exp.tags.items() if k != identity.TAG_LEASE}, parents)
-        trials = _runs(mlf, exp.experiment_id, mlflow_runs.ROLE_TRIAL)
+        trials = mlflow_runs.runs_with_role(mlf, exp.experiment_id, mlflow_runs.ROLE_TRIAL, page_size=PAGE)
         protected = _protected_paths(tracking_uri, exp, [*parents, *trials])
         statuses = _trial_statuses(parents, trials)
         report = plan_checkpoints(base, statuses, protected=protected)
@@ -211,10 +210,10 @@ def clean_study(
             report.kept += sessions.kept
         _print_plan(say, study, tracking_uri, base, report, logs)
         if not dry_run:
-            remove_planned(report, base, keep_alive=lambda: _renew(mlf, exp.experiment_id, lease))
+            remove_planned(report, base, keep_alive=lambda: identity.renew_lease(mlf, exp.experiment_id, lease))
     finally:
         if lease is not None:
-            identity._release(mlf, exp.experiment_id, lease)
+            identity.release_lease(mlf, exp.experiment_id, lease)
     _print_total(say, report)
     return report
 
@@ -226,16 +225,6 @@ def _check_store(uri: str) -> None:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise ConfigError(f"no MLflow tracking store at {uri[len('sqlite:///'):]} (tracking URI {uri}); pass --tracking-uri")
     check_tracking_server(uri)
-
-
-def _runs(mlf, experiment_id: str, role: str) -> list:
-    runs, token = [], None
-    while True:
-        page = mlf.search_runs([experiment_id], filter_string=f"tags.`{TAG_ROLE}` = '{role}'", max_results=PAGE, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def _search_key(run) -> str:
@@ -252,7 +241,7 @@ def _refuse_unfinished(study: str, tags: dict[str, str], parents: list) -> None:
 
     problems = []
     now = time.time()
-    lease = identity._read_lease(tags.get(identity.TAG_LEASE))
+    lease = identity.read_lease(tags.get(identity.TAG_LEASE))
     if lease is not None and lease.is_live(now):
         problems.append(f"a driver is running it ({lease.describe(now)})")
     unfinished = [p for p in parents if p.data.tags.get(TAG_STATUS, STATUS_RUNNING) in UNFINISHED_SEARCH_STATUSES]
@@ -615,17 +604,6 @@ def remove_planned(report: CleanReport, base: Path, *, keep_alive: Callable[[], 
         if errors:
             left = _tree_bytes(item.path) if os.path.lexists(item.path) else 0
             report.failed.append((item, errors[0], left))
-
-
-def _renew(mlf, experiment_id: str, lease) -> None:
-    from dataclasses import asdict
-
-    from odyssey.sweep import identity
-
-    try:
-        mlf.set_experiment_tag(experiment_id, identity.TAG_LEASE, json.dumps({**asdict(lease), "heartbeat": time.time()}))
-    except Exception:  # noqa: BLE001 - the lease then expires; the deletions are of finished trials
-        pass
 
 
 def _rmtree(path: Path, errors: list[str]) -> None:

@@ -34,7 +34,10 @@ from typing import Any, Iterator
 
 from odyssey.errors import ConfigError, ServiceError
 
-__all__ = ["Lease", "budget_of", "claim", "TAG_BUDGET", "TAG_LEASE", "TAG_STORAGE"]
+__all__ = [
+    "Lease", "TAG_BUDGET", "TAG_LEASE", "TAG_STORAGE", "acquire_lease", "budget_of", "claim", "read_lease",
+    "release_lease", "renew_lease",
+]  # fmt: skip
 
 TAG_STORAGE = "odyssey.sweep.storage"
 TAG_BUDGET = "odyssey.sweep.budget"
@@ -90,10 +93,10 @@ def claim(sweep, tracking_uri: str, experiment_id: str) -> Iterator[Path]:
 
     mlf = mlflow_runs.client(tracking_uri)
     tags = mlf.get_experiment(experiment_id).tags
-    _refuse_if_held(sweep.study.name, _read_lease(tags.get(TAG_LEASE)))
+    _refuse_if_held(sweep.study.name, read_lease(tags.get(TAG_LEASE)))
     searches = _count_searches(mlf, experiment_id)
     storage = _check_record(sweep, tags, searches)
-    lease = _acquire(mlf, experiment_id, sweep.study.name)
+    lease = acquire_lease(mlf, experiment_id, sweep.study.name)
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(mlf, experiment_id, lease, stop), daemon=True, name="odyssey-lease")
     beat.start()
@@ -105,7 +108,7 @@ def claim(sweep, tracking_uri: str, experiment_id: str) -> Iterator[Path]:
     finally:
         stop.set()
         beat.join(timeout=5)
-        _release(mlf, experiment_id, lease)
+        release_lease(mlf, experiment_id, lease)
 
 
 def _count_searches(mlf, experiment_id: str) -> int:
@@ -160,7 +163,7 @@ def _differences(old: Any, new: Any, prefix: str = "") -> Iterator[str]:
         yield f"{prefix.rstrip('.')}: {old!r} recorded, {new!r} now"
 
 
-def _read_lease(text: str | None) -> Lease | None:
+def read_lease(text: str | None) -> Lease | None:
     if not text:
         return None
     try:
@@ -178,30 +181,35 @@ def _refuse_if_held(study: str, held: Lease | None) -> None:
         )
 
 
-def _acquire(mlf, experiment_id: str, study: str) -> Lease:
+def acquire_lease(mlf, experiment_id: str, study: str) -> Lease:
     now = time.time()
     mine = Lease(uuid.uuid4().hex, socket.gethostname(), os.getpid(), now, now)
     mlf.set_experiment_tag(experiment_id, TAG_LEASE, json.dumps(asdict(mine)))
     time.sleep(SETTLE_S)  # two drivers that both saw a free lease: the last writer wins
-    winner = _read_lease(mlf.get_experiment(experiment_id).tags.get(TAG_LEASE))
+    winner = read_lease(mlf.get_experiment(experiment_id).tags.get(TAG_LEASE))
     if winner is None or winner.id != mine.id:
         other = winner.describe(time.time()) if winner else "unknown"
         raise ServiceError(f"study {study!r} was claimed by another driver at the same moment ({other}); not running it twice")
     return mine
 
 
+def renew_lease(mlf, experiment_id: str, lease: Lease) -> None:
+    """A heartbeat of ``lease``; best effort (the server may be away: then the lease expires)."""
+    try:
+        renewed = Lease(**{**asdict(lease), "heartbeat": time.time()})
+        mlf.set_experiment_tag(experiment_id, TAG_LEASE, json.dumps(asdict(renewed)))
+    except Exception:  # noqa: BLE001 - the tracking server may be away; the sweep decides
+        pass
+
+
 def _heartbeat(mlf, experiment_id: str, lease: Lease, stop: threading.Event) -> None:
     while not stop.wait(HEARTBEAT_S):
-        try:
-            renewed = Lease(**{**asdict(lease), "heartbeat": time.time()})
-            mlf.set_experiment_tag(experiment_id, TAG_LEASE, json.dumps(asdict(renewed)))
-        except Exception:  # noqa: BLE001 - the tracking server may be away; the sweep decides
-            pass
+        renew_lease(mlf, experiment_id, lease)
 
 
-def _release(mlf, experiment_id: str, lease: Lease) -> None:
+def release_lease(mlf, experiment_id: str, lease: Lease) -> None:
     try:
-        held = _read_lease(mlf.get_experiment(experiment_id).tags.get(TAG_LEASE))
+        held = read_lease(mlf.get_experiment(experiment_id).tags.get(TAG_LEASE))
         if held is not None and held.id == lease.id:
             mlf.delete_experiment_tag(experiment_id, TAG_LEASE)
     except Exception:  # noqa: BLE001 - an unreleased lease expires after LEASE_TTL_S

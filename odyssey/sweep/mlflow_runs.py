@@ -38,7 +38,7 @@ __all__ = [
     "client",
     "ensure_experiment",
     "find_trial_run",
-    "last_logged_step",
+    "runs_with_role",
     "start_parent_run",
 ]
 
@@ -175,6 +175,19 @@ def recorded_search_space(uri: str, run_id: str):
     return translate(json.loads(Path(path).read_text()), name=f"run {run_id}:{SEARCH_SPACE_ARTIFACT}")
 
 
+def runs_with_role(mlf, experiment_id: str, role: str, *, page_size: int = 1000) -> list:
+    """Every run of the experiment with ``odyssey.role = role``, page by page (thousands work)."""
+    runs, token = [], None
+    while True:
+        page = mlf.search_runs(
+            [experiment_id], filter_string=f"tags.`{TAG_ROLE}` = '{role}'", max_results=page_size, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def trial_runs(uri: str, experiment_id: str, parent_run_id: str) -> list:
     """Every trial run of one search (the parent's children)."""
     return client(uri).search_runs(
@@ -207,13 +220,6 @@ def find_trial_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: s
         max_results=5,
     )
     return runs[0] if runs else None
-
-
-def last_logged_step(uri: str, run_id: str, key: str = "train/loss") -> int:
-    """The last epoch whose metrics reached run ``run_id`` (0 if none): a resumed or retried trial
-    logs only later epochs, so no step is written twice."""
-    history = client(uri).get_metric_history(run_id, key)
-    return max((m.step for m in history), default=0)
 
 
 def search_tags(search: str, scheduler: str, num_samples: int, metric: str, lower_is_better: bool) -> dict[str, str]:

@@ -15,7 +15,6 @@ Resume and retries continue the same MLflow run, without duplicate steps:
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -69,9 +68,11 @@ def trial_seed(base_seed: int, trial_id: str, sampled: dict[str, Any]) -> int:
     """``base_seed + trial index``: the index is the counter of random search's trial ids
     (``xxxxx_00007``); searchers (TPE) name trials by uuid only, so there the index is derived from
     the sampled values (deterministic: the searcher is seeded)."""
-    match = re.search(r"_(\d+)$", trial_id)
-    if match:
-        return base_seed + int(match.group(1))
+    from odyssey.tracking import trial_index
+
+    index = trial_index(trial_id)
+    if index is not None:
+        return base_seed + index
     blob = json.dumps(sampled, sort_keys=True, default=str).encode()
     return base_seed + zlib.crc32(blob) % 1_000_000
 
