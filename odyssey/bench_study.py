@@ -192,7 +192,13 @@ def format_rows(rows: list[ArmTiming], *, full_epochs: int = 150) -> str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="odyssey bench study", description=__doc__.splitlines()[0])
+    from odyssey.config import take_config_dirs
+
+    argv = take_config_dirs(argv)
+    parser = argparse.ArgumentParser(
+        prog="odyssey bench study", description=__doc__.splitlines()[0],
+        epilog="--config-dir DIR: your own config folder (variant/ ...), searched before the package's",
+    )  # fmt: skip
     parser.add_argument("--trials", type=int, default=8, help="N trials of the search (default 8)")
     parser.add_argument("--epochs", type=int, default=1, help="E epochs per trial (default 1)")
     parser.add_argument("--repeats", type=int, default=2)

@@ -30,6 +30,11 @@ from odyssey.errors import require as _check
 from odyssey.tasks import TaskConfig, task_config_from_mapping
 from odyssey.tasks.base import LOSS_REDUCTIONS, LOSS_SUM_OVER_STEPS
 
+# One config group per axis of variation: conf/<group>/<option>.yaml (and the same in a user's folder).
+CONFIG_GROUPS = ("experiment", "variant", "task", "model", "protocol", "search_space", "search", "scheduler", "execution", "resources")
+SWEEP_GROUPS = CONFIG_GROUPS
+TRAIN_GROUPS = ("variant", "task", "model", "protocol")
+
 __all__ = [
     "ModelConfig",
     "TrainConfig",
@@ -40,6 +45,12 @@ __all__ = [
     "check_type",
     "compose",
     "config_dir",
+    "config_schemas",
+    "config_search_path",
+    "group_options",
+    "register_schemas",
+    "take_config_dirs",
+    "user_config_dirs",
     "trial_config",
     "typed",
     "valid_top_level_keys",
@@ -269,10 +280,12 @@ def check_device_available(device: str, *, cuda_devices: int, where: str = "this
 # Composition
 
 
+CONFIG_PATH_ENV = "ODYSSEY_CONFIG_PATH"
+USER_CONF = "conf"  # ./conf: a folder of the user's own configs, found by convention
+
+
 def config_dir() -> Path:
-    """The ``conf/`` directory: ``$ODYSSEY_CONFIG_DIR``, the source tree's, or the installed copy."""
-    if os.environ.get("ODYSSEY_CONFIG_DIR"):
-        return Path(os.environ["ODYSSEY_CONFIG_DIR"]).resolve()
+    """The package's own ``conf/``: the source tree's, or the installed copy (``odyssey.conf``)."""
     source = Path(__file__).resolve().parents[1] / "conf"
     if (source / "train.yaml").is_file():
         return source
@@ -281,10 +294,99 @@ def config_dir() -> Path:
     return Path(list(odyssey.conf.__path__)[0]).resolve()
 
 
+def user_config_dirs() -> list[Path]:
+    """The user's config folders, searched before the package's ``conf/`` (the first that has a
+    file wins; groups list the options of all of them):
+
+    1. every ``--config-dir DIR`` of the command line, in order (:func:`take_config_dirs` puts
+       them in ``$ODYSSEY_CONFIG_PATH``, so Ray workers and subprocesses see them too);
+    2. ``$ODYSSEY_CONFIG_PATH``: folders separated by ``os.pathsep``; relative ones are relative to
+       the current directory, and ``pkg://module`` names a folder shipped as a Python module
+       (what ``odyssey submit`` does with the user's folders);
+    3. ``./conf``, when it holds any config group folder (``variant/``, ``experiment/`` ...) and is
+       not the package's own.
+
+    Each folder is laid out like the package's: ``variant/mine.yaml``, ``experiment/x.yaml``.
+    """
+    dirs: list[Path] = []
+    for entry in filter(None, os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep)):
+        dirs.append(_resolve_config_entry(entry))
+    local = Path.cwd() / USER_CONF
+    if local.is_dir() and any((local / g).is_dir() for g in CONFIG_GROUPS):
+        dirs.append(local.resolve())
+    package = config_dir()
+    unique: list[Path] = []
+    for d in dirs:
+        if d != package and d not in unique:
+            unique.append(d)
+    return unique
+
+
+def config_search_path() -> tuple[Path, ...]:
+    """Where configs are looked up, first match wins: :func:`user_config_dirs`, then the package's."""
+    return (*user_config_dirs(), config_dir())
+
+
+def _resolve_config_entry(entry: str) -> Path:
+    if entry.startswith("pkg://"):
+        import importlib.util
+
+        name = entry[len("pkg://"):]
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(f"${CONFIG_PATH_ENV}: {entry}: no importable folder {name!r}")
+        return Path(list(spec.submodule_search_locations)[0]).resolve()
+    path = Path(entry).expanduser().resolve()
+    return _checked_config_dir(path, f"${CONFIG_PATH_ENV} entry {entry!r}")
+
+
+def _checked_config_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise ConfigError(f"{what}: {path} is not a folder (a config folder holds variant/, task/, experiment/ ... folders)")
+    if not any((path / g).is_dir() for g in CONFIG_GROUPS) and not any((path / f"{n}.yaml").is_file() for n in ("train", "sweep")):
+        raise ConfigError(
+            f"{what}: {path} has none of the config group folders {', '.join(g + '/' for g in CONFIG_GROUPS)}"
+            " and no primary config (train.yaml, sweep.yaml); point it at the folder that holds them,"
+            " e.g. ./conf, not at conf/variant"
+        )
+    return path
+
+
+def take_config_dirs(argv: Sequence[str]) -> list[str]:
+    """Take every ``--config-dir DIR`` (or ``--config-dir=DIR``, Hydra's ``-cd DIR``) out of
+    ``argv``, check each folder and put them first in ``$ODYSSEY_CONFIG_PATH`` (in the given
+    order); returns the rest of ``argv``."""
+    rest, dirs, args = [], [], list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("--config-dir", "-cd"):
+            if not args:
+                raise ConfigError(f"{arg} needs a folder: {arg} DIR")
+            dirs.append(args.pop(0))
+        elif arg.startswith(("--config-dir=", "-cd=")):
+            dirs.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    if dirs:
+        checked = [str(_checked_config_dir(Path(d).expanduser().resolve(), f"--config-dir {d}")) for d in dirs]
+        before = [e for e in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if e]
+        os.environ[CONFIG_PATH_ENV] = os.pathsep.join(checked + [e for e in before if e not in checked])
+    return rest
+
+
+def group_options(group: str) -> dict[str, Path]:
+    """The options of a config group, name -> file, over the whole search path (first wins)."""
+    options: dict[str, Path] = {}
+    for directory in config_search_path():
+        for path in sorted((directory / group).glob("*.yaml")):
+            options.setdefault(path.stem, path)
+    return dict(sorted(options.items()))
+
+
 def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` with Hydra overrides. Hydra's errors, malformed YAML
     and top-level keys the config does not have (``+foo=1``) become one-line ConfigErrors."""
-    cfg = _hydra_compose(config_dir(), config_name, tuple(overrides))
+    cfg = _hydra_compose(config_search_path(), config_name, tuple(overrides))
     valid = valid_top_level_keys(config_name)
     unknown = sorted(set(cfg) - valid)
     if unknown:
@@ -294,16 +396,18 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     return cfg
 
 
-SWEEP_GROUPS = ("experiment", "variant", "task", "model", "protocol", "search_space", "search", "scheduler", "execution", "resources")
-TRAIN_GROUPS = ("variant", "task", "model", "protocol")
 
 
 def groups_help(groups: Sequence[str]) -> str:
     """The config groups and their options, one line each, as ``--help`` lists them."""
+    package = config_dir()
     lines = ["config groups (GROUP=OPTION; variant=[a,b] combines variants):"]
     for group in groups:
-        options = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+        options = [name + ("" if path.parent.parent == package else "*") for name, path in group_options(group).items()]
         lines.append(f"  {group:<13} {', '.join(options)}")
+    users = user_config_dirs()
+    where = ", ".join(map(str, users)) if users else "none (./conf, --config-dir DIR or $" + CONFIG_PATH_ENV + ")"
+    lines.append(f"  * from your config folders, searched before the package's: {where}")
     return "\n".join(lines)
 
 
@@ -332,18 +436,46 @@ def valid_top_level_keys(config_name: str) -> frozenset[str]:
     """The top-level keys of ``conf/<config_name>.yaml`` composed without overrides: its own keys
     and the node of each group in its defaults list (optional groups such as ``experiment`` and
     ``resources`` write into these nodes, never new ones)."""
-    return _default_top_level_keys(config_dir(), config_name)
+    return _default_top_level_keys(config_search_path(), config_name)
 
 
 @functools.lru_cache(maxsize=16)
-def _default_top_level_keys(directory: Path, config_name: str) -> frozenset[str]:
-    return frozenset(_hydra_compose(directory, config_name, ()))
+def _default_top_level_keys(search_path: tuple[Path, ...], config_name: str) -> frozenset[str]:
+    return frozenset(_hydra_compose(search_path, config_name, ()))
+
+
+def config_schemas() -> dict[str, type]:
+    """Each config section and the dataclass that is its schema: the one place its keys, types,
+    defaults and checks live (the YAML files state only what differs from these defaults)."""
+    from odyssey.sweep.study import ExecutionConfig, RayConfig, SchedulerConfig, SearchConfig, StudyConfig
+
+    return {
+        "variant": VariantSpec, "model": ModelConfig, "train": TrainConfig, "tracking": TrackingConfig,
+        "study": StudyConfig, "search": SearchConfig, "scheduler": SchedulerConfig,
+        "execution": ExecutionConfig, "ray": RayConfig,
+    }  # fmt: skip
+
+
+def register_schemas() -> None:
+    """Register every section's defaults with Hydra's ConfigStore as ``schema/<section>``, which
+    ``conf/train.yaml`` and ``conf/sweep.yaml`` put first in their defaults lists
+    (``- schema/train@train``), so that each group option lists only its differences.
+
+    The nodes are the dataclasses' defaults as plain mappings, not OmegaConf structured configs:
+    OmegaConf would convert ``"no"`` to ``false`` and ``"1"`` to ``1`` on the way in, while
+    :func:`check_type` refuses both with the key's name when :func:`typed` builds the dataclass."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for section, schema in config_schemas().items():
+        store.store(group="schema", name=section, node=dataclasses.asdict(schema()), provider="odyssey")
 
 
 _HYDRA_LOCK = threading.RLock()
 
 
-def _hydra_compose(directory: Path, config_name: str, overrides: tuple[str, ...]) -> DictConfig:
+def _hydra_compose(search_path: tuple[Path, ...], config_name: str, overrides: tuple[str, ...]) -> DictConfig:
+    """Hydra's compose over ``search_path`` (first match wins; the last folder is the package's)."""
     import yaml
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -353,7 +485,11 @@ def _hydra_compose(directory: Path, config_name: str, overrides: tuple[str, ...]
     try:
         with _HYDRA_LOCK:  # Hydra's state is process-global; the sweep's searches run in threads
             GlobalHydra.instance().clear()
-            with initialize_config_dir(config_dir=str(directory), version_base="1.3"):
+            register_schemas()
+            *users, package = search_path
+            with initialize_config_dir(config_dir=str(package), version_base="1.3"):
+                if users:
+                    _search_first(users)
                 return hydra_compose(config_name=config_name, overrides=list(overrides))
     except yaml.YAMLError as exc:
         raise ConfigError(_yaml_message(exc)) from None
@@ -363,6 +499,23 @@ def _hydra_compose(directory: Path, config_name: str, overrides: tuple[str, ...]
         raise ConfigError(_hydra_message(exc, config_name)) from None
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid config: {_first_line(exc)}") from None
+
+
+def _search_first(folders: Sequence[Path]) -> None:
+    """Put ``folders`` before the primary config dir in the initialised Hydra's search path.
+
+    ``hydra.searchpath`` appends after the primary dir, so the package's files would win; and with
+    a user folder as the primary dir Hydra misses a primary config found only on its searchpath
+    (its config cache keeps the first miss). So the loader's own search path gets the folders
+    prepended, and its repository is rebuilt from it."""
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    search_path = loader.get_search_path()
+    for folder in folders:  # each before "main": in the given order
+        search_path.prepend(provider="odyssey user configs", path=f"file://{folder}", anchor=SearchPathQuery(provider="main"))
+    loader.repository.initialize_sources(search_path)  # type: ignore[attr-defined]  (ConfigLoaderImpl)
 
 
 def _yaml_message(exc: Exception) -> str:
@@ -398,7 +551,7 @@ def _hydra_message(exc: Exception, config_name: str) -> str:
     if bad_key:
         key = bad_key.group(1)
         section = key.split(".", 1)[0]
-        schema = {"train": TrainConfig, "model": ModelConfig, "tracking": TrackingConfig, "variant": VariantSpec}
+        schema = config_schemas()
         if section in schema:
             names = sorted(f.name for f in dataclasses.fields(schema[section]))
             return f"unknown key {key!r}; valid keys of '{section}': {', '.join(names)}"

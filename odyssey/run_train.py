@@ -10,6 +10,7 @@ from odyssey.config import (
     TrackingConfig,
     cfg_job,
     check_device_available,
+    take_config_dirs,
     compose,
     groups_help,
     print_composed,
@@ -32,11 +33,14 @@ __all__ = ["main"]
 
 
 def main(argv: list[str]) -> int:
+    argv = take_config_dirs(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(
-            "usage: odyssey train [--cfg job] [KEY=VALUE ...]   (Hydra overrides of conf/train.yaml)\n"
+            "usage: odyssey train [--cfg job] [--config-dir DIR] [KEY=VALUE ...]   (Hydra overrides of conf/train.yaml)\n"
             "  e.g. odyssey train variant=cifg task=jsb model.hidden_size=50 train.lr=1e-3 seed=1\n"
-            "  --cfg job   print the composed config (YAML) and exit\n"
+            "  --cfg job         print the composed config (YAML) and exit\n"
+            "  --config-dir DIR  your own config folder (variant/, task/ ...), searched before the package's;\n"
+            "                    ./conf is searched by default\n"
             "  keys: seed, train.*, model.*, task.*, tracking.*\n" + groups_help(TRAIN_GROUPS)
         )
         return 0

@@ -46,7 +46,7 @@ def test_cfg_job_prints_yaml_that_composes_again(config, overrides, tmp_path, ca
     conf = tmp_path / "conf"
     conf.mkdir()
     (conf / f"{config}.yaml").write_text(printed)
-    monkeypatch.setenv("ODYSSEY_CONFIG_DIR", str(conf))
+    monkeypatch.setenv("ODYSSEY_CONFIG_PATH", str(conf))
     assert trial_config(compose(config, [])) == trial_config(original)
 
 

@@ -52,10 +52,9 @@ def test_params_are_flat_and_carry_the_searched_names():
     assert {"momentum", "input_noise", "seed", "variant.peepholes", "task.name"} <= set(params)
 
 
-def test_config_dir_follows_the_environment_and_an_empty_one_fails_clearly(monkeypatch, tmp_path):
+def test_a_config_folder_without_config_groups_fails_clearly(monkeypatch, tmp_path):
     from odyssey.errors import ConfigError
 
-    monkeypatch.setenv("ODYSSEY_CONFIG_DIR", str(tmp_path))
-    assert config_dir() == tmp_path
-    with pytest.raises(ConfigError, match="train"):
+    monkeypatch.setenv("ODYSSEY_CONFIG_PATH", str(tmp_path))
+    with pytest.raises(ConfigError, match=f"{tmp_path} has none of the config group folders experiment/, variant/"):
         compose("train", [])

@@ -73,10 +73,10 @@ def cli_error(argv: list[str], capsys) -> str:
 
 @pytest.fixture
 def conf_copy(tmp_path, monkeypatch) -> Path:
-    """A copy of ``conf/`` in ``tmp_path`` used as ``$ODYSSEY_CONFIG_DIR``."""
+    """A copy of ``conf/`` in ``tmp_path`` used as ``$ODYSSEY_CONFIG_PATH``."""
     conf = tmp_path / "conf"
     shutil.copytree(config_dir(), conf)
-    monkeypatch.setenv("ODYSSEY_CONFIG_DIR", str(conf))
+    monkeypatch.setenv("ODYSSEY_CONFIG_PATH", str(conf))
     return conf
 
 

@@ -151,7 +151,7 @@ def trial_runs(uri: str, name: str):
 
 @pytest.fixture
 def bad_space_conf(tmp_path, monkeypatch):
-    """A copy of conf/ with malformed search spaces, selected by ODYSSEY_CONFIG_DIR."""
+    """A copy of conf/ with malformed search spaces, selected by ODYSSEY_CONFIG_PATH."""
     conf = tmp_path / "conf"
     shutil.copytree(ROOT / "conf", conf)
     spaces = {
@@ -161,7 +161,7 @@ def bad_space_conf(tmp_path, monkeypatch):
     }
     for name, text in spaces.items():
         (conf / "search_space" / f"{name}.yaml").write_text(text)
-    monkeypatch.setenv("ODYSSEY_CONFIG_DIR", str(conf))
+    monkeypatch.setenv("ODYSSEY_CONFIG_PATH", str(conf))
     return conf
 
 

@@ -9,6 +9,11 @@ Examples:
     odyssey sweep experiment=quickstart resume=true        # continue an interrupted sweep
     odyssey sweep experiment=odyssey_jsb --dry-run          # the searches, trial counts, resources, space
     odyssey sweep experiment=quickstart --cfg job           # the composed config (YAML)
+    odyssey sweep --config-dir ~/my_conf experiment=mine    # your own configs, before the package's
+
+Your own config folder (variant/, task/, search_space/, experiment/ ... laid out like the
+package's conf/) is searched before the package's: ./conf by convention, --config-dir DIR
+(repeatable) or $ODYSSEY_CONFIG_PATH.
 """
 
 from __future__ import annotations
@@ -28,11 +33,14 @@ USAGE = __doc__
 def sweep_main(argv: Sequence[str]) -> int:
     """Run the study given by Hydra overrides ``argv``; 0 when every search ran (failed trials are
     recorded in MLflow, not an exit code). Raises OdysseyError for bad input or unreachable services."""
-    from odyssey.config import SWEEP_GROUPS, cfg_job, groups_help, print_composed
+    from odyssey.config import SWEEP_GROUPS, cfg_job, groups_help, print_composed, take_config_dirs
 
-    argv = list(argv)
+    argv = take_config_dirs(argv)
     if any(a in ("-h", "--help") for a in argv):
-        print("usage: odyssey sweep [--dry-run] [--cfg job] [KEY=VALUE ...]\n\n" + USAGE + "\n" + groups_help(SWEEP_GROUPS))
+        print(
+            "usage: odyssey sweep [--dry-run] [--cfg job] [--config-dir DIR] [KEY=VALUE ...]\n\n"
+            + USAGE + "\n" + groups_help(SWEEP_GROUPS)
+        )  # fmt: skip
         return 0
     argv, show = cfg_job(argv)
     dry_run = "--dry-run" in argv
@@ -42,6 +50,7 @@ def sweep_main(argv: Sequence[str]) -> int:
         return 0
     from odyssey.sweep.study import describe_sweep, load_sweep
 
+    print(_which_odyssey(), file=sys.stderr, flush=True)
     sweep = load_sweep(overrides)
     if dry_run:  # the whole study checked and shown; Ray is not even imported
         print(describe_sweep(sweep))
@@ -51,6 +60,18 @@ def sweep_main(argv: Sequence[str]) -> int:
 
     run_sweep(sweep)
     return 0
+
+
+def _which_odyssey() -> str:
+    """The odyssey and config folders this sweep runs with (a submitted job's log shows them)."""
+    from pathlib import Path
+
+    import odyssey
+    from odyssey.config import config_dir, user_config_dirs
+
+    folders = [str(d) for d in user_config_dirs()]
+    where = f"config folders {', '.join(folders)}, then the package's {config_dir()}" if folders else f"configs {config_dir()}"
+    return f"odyssey {odyssey.__version__} from {Path(odyssey.__file__).resolve().parent}; {where}"
 
 
 def _loopback_if_local(overrides: list[str]) -> None:

@@ -3,10 +3,22 @@
 The job server is the head node's dashboard address (``http://HEAD:8265``), taken from
 ``--address``, the ``ray.job_server`` config value or ``$RAY_ADDRESS`` (Ray's own convention).
 
-``odyssey submit [jobs/<name>.yaml] [overrides]`` ships the project (``working_dir`` = the
-repository root, without secrets (.env), venvs, .git, MLflow stores, Ray results, analysis output
-or what its .gitignore and .rayignore list: see ``EXCLUDES``) and runs
-``python -m odyssey.sweep.cli <overrides>`` on the cluster. ``jobs/*.yaml`` are plain Ray runtime
+``odyssey submit [jobs/<name>.yaml] [overrides]`` ships odyssey and the user's config folders and
+runs ``python -m odyssey.sweep.cli <overrides>`` on the cluster. Which odyssey (``--odyssey``):
+
+* ``checkout`` (the default in a source checkout): the repository root as ``working_dir``, without
+  secrets (.env), venvs, .git, MLflow stores, Ray results, analysis output or what its .gitignore
+  and .rayignore list (see ``EXCLUDES``); a path to another checkout works the same way;
+* ``installed`` (the default otherwise): this process's own ``odyssey`` package, as a Ray
+  ``py_modules`` entry (its ``conf/`` included);
+* a wheel ``dist/odyssey-*.whl``: its ``odyssey`` package, unpacked here and shipped the same way
+  (Ray's own wheel support would ``pip install`` the wheel's dependencies, torch included);
+* any other value is a pip requirement (``odyssey==0.1.0``, ``git+https://...``) installed by
+  Ray's ``pip`` runtime env on top of the cluster's packages.
+
+The dependencies (torch, Ray, MLflow...) are the cluster's (its image: ``docker/``). The user's
+config folders (``--config-dir``, ``$ODYSSEY_CONFIG_PATH``, ``./conf``) travel as ``py_modules``
+entries too, and ``$ODYSSEY_CONFIG_PATH`` names them on the cluster, in the same order. ``jobs/*.yaml`` are plain Ray runtime
 environments, so the same file works with Ray's CLI::
 
     ray job submit --address http://127.0.0.1:8265 --runtime-env jobs/odyssey_jsb.yaml -- python -m odyssey.sweep.cli
@@ -19,10 +31,14 @@ and ``env_vars.MLFLOW_TRACKING_URI`` the tracking server as the cluster sees it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shlex
+import shutil
 import sys
+import tempfile
 import time
+import zipfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -32,7 +48,7 @@ import yaml
 
 from odyssey.errors import ConfigError, ServiceError
 
-__all__ = ["jobs_main", "logs_main", "project_runtime_env", "stop_main", "submit_main"]
+__all__ = ["jobs_main", "logs_main", "odyssey_runtime_env", "project_runtime_env", "stop_main", "submit_main"]
 
 # Never uploaded with a job, whatever the project's .gitignore says (Ray reads .gitignore only while
 # RAY_RUNTIME_ENV_IGNORE_GITIGNORE is not 1). Ray itself adds its default excludes (.git, .venv, venv,
@@ -49,14 +65,17 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 JOB_STOP_WAIT_S = 120
 
 
-def project_root() -> Path:
-    """The repository root (the parent of ``conf/``): the job's working_dir."""
+def project_root() -> Path | None:
+    """The source checkout this odyssey runs from (the parent of ``conf/`` and ``odyssey/``), or
+    None for an installed package."""
     from odyssey.config import config_dir
 
     root = config_dir().parent
-    if not (root / "odyssey").is_dir():
-        raise ConfigError(f"odyssey submit needs a source checkout (no odyssey/ package beside {config_dir()})")
-    return root
+    return root if _is_checkout(root) else None
+
+
+def _is_checkout(root: Path) -> bool:
+    return (root / "odyssey" / "__init__.py").is_file() and (root / "conf" / "sweep.yaml").is_file()
 
 
 def project_runtime_env(
@@ -68,25 +87,134 @@ def project_runtime_env(
     less ``excludes`` (these and the job file's), its own defaults and what the tree's ``.gitignore``
     and ``.rayignore`` files list.
     """
-    env: dict[str, Any] = {}
-    if job_file is not None:
-        try:
-            env = yaml.safe_load(job_file.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"job file {job_file}: cannot read it: {exc}") from None
-        if not isinstance(env, dict):
-            raise ConfigError(f"job file {job_file}: expected a mapping (a Ray runtime_env), got {type(env).__name__}")
+    env = _read_job_file(job_file) if job_file is not None else {}
     root = project_root() if root is None else Path(root).resolve()
+    if root is None:
+        raise ConfigError("no source checkout to ship: this odyssey is an installed package (use --odyssey installed)")
     working_dir = env.get("working_dir")
     env["working_dir"] = str(root if working_dir in (None, ".", "./") else (root / working_dir).resolve())
     env["excludes"] = sorted(set(env.get("excludes", [])) | set(EXCLUDES))
+    env["env_vars"] = _env_vars(env, tracking_uri)
+    return env
+
+
+def _env_vars(env: dict[str, Any], tracking_uri: str | None) -> dict[str, str]:
+    """The job's environment variables: the job file's, and the tracking URI (given, the job
+    file's, or this process's ``$MLFLOW_TRACKING_URI``)."""
     env_vars = {str(k): str(v) for k, v in (env.get("env_vars") or {}).items()}
     if tracking_uri:
         env_vars["MLFLOW_TRACKING_URI"] = tracking_uri
     elif "MLFLOW_TRACKING_URI" not in env_vars and os.environ.get("MLFLOW_TRACKING_URI"):
         env_vars["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
-    env["env_vars"] = env_vars
+    return env_vars
+
+
+def _read_job_file(job_file: Path) -> dict[str, Any]:
+    try:
+        env = yaml.safe_load(job_file.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"job file {job_file}: cannot read it: {exc}") from None
+    if not isinstance(env, dict):
+        raise ConfigError(f"job file {job_file}: expected a mapping (a Ray runtime_env), got {type(env).__name__}")
     return env
+
+
+def odyssey_runtime_env(
+    staging: Path, *, odyssey: str | None = None, job_file: Path | None = None, tracking_uri: str | None = None
+) -> tuple[dict[str, Any], str]:
+    """The job's runtime env with ``odyssey`` (see the module doc: ``checkout``, a checkout's path,
+    ``installed``, a wheel or a pip requirement; None: ``checkout`` in a source checkout, else
+    ``installed``) and the user's config folders; (env, what is shipped, in words). Files to upload
+    are staged under ``staging``, which must outlive the submission."""
+    from odyssey.config import CONFIG_PATH_ENV, user_config_dirs
+
+    checkout = project_root()
+    mode = odyssey or ("checkout" if checkout is not None else "installed")
+    if mode == "checkout" or Path(mode).expanduser().is_dir():
+        root = checkout if mode == "checkout" else Path(mode).expanduser().resolve()
+        if root is None or not _is_checkout(root):
+            raise ConfigError(
+                f"--odyssey {mode}: not a source checkout (no odyssey/ and conf/sweep.yaml in "
+                f"{root or 'this installation'}); valid: checkout, installed, a wheel (.whl) or a pip requirement"
+            )
+        env = project_runtime_env(job_file=job_file, tracking_uri=tracking_uri, root=root)
+        what = f"the checkout {root}"
+    else:
+        env = _job_file_env(job_file, tracking_uri)
+        modules = env.setdefault("py_modules", [])
+        if mode == "installed":
+            import odyssey as package
+
+            modules.append(str(Path(package.__file__).resolve().parent))
+            what = f"the installed odyssey {modules[-1]}"
+        elif mode.endswith(".whl"):
+            modules.append(str(_unpacked_wheel(Path(mode).expanduser().resolve(), staging)))
+            what = f"the wheel {mode}"
+        else:
+            pip = env.get("pip") or []
+            env["pip"] = (pip if isinstance(pip, list) else [pip]) + [mode]
+            what = f"pip install {mode!r} on the cluster"
+    folders = user_config_dirs()
+    shipped = [_staged_config_folder(folder, staging) for folder in folders]
+    if shipped:
+        env.setdefault("py_modules", []).extend(str(path) for path in shipped)
+        given = env["env_vars"].get(CONFIG_PATH_ENV, "")
+        env["env_vars"][CONFIG_PATH_ENV] = os.pathsep.join([f"pkg://{p.name}" for p in shipped] + ([given] if given else []))
+        what += "; config folders " + ", ".join(map(str, folders))
+    return env, what
+
+
+def _job_file_env(job_file: Path | None, tracking_uri: str | None) -> dict[str, Any]:
+    """A job file's runtime env without the checkout: its ``working_dir`` (if any) is relative to
+    the current directory, and must not hold an ``odyssey`` package of its own (it would shadow the
+    one shipped)."""
+    env: dict[str, Any] = {}
+    if job_file is not None:
+        env = _read_job_file(job_file)
+    working_dir = env.get("working_dir")
+    if working_dir is not None:
+        path = (Path.cwd() / working_dir).resolve()
+        if (path / "odyssey" / "__init__.py").is_file():
+            raise ConfigError(
+                f"job file {job_file}: its working_dir {path} holds an odyssey package, which would shadow "
+                "the one shipped; submit with --odyssey checkout, or set another working_dir"
+            )
+        env["working_dir"] = str(path)
+        env["excludes"] = sorted(set(env.get("excludes", [])) | set(EXCLUDES))
+    env["env_vars"] = _env_vars(env, tracking_uri)
+    return env
+
+
+def _unpacked_wheel(wheel: Path, staging: Path) -> Path:
+    """The ``odyssey`` package of ``wheel``, unpacked under ``staging``."""
+    if not wheel.is_file():
+        raise ConfigError(f"--odyssey {wheel}: no such wheel (build one with `pip wheel --no-deps -w dist .`)")
+    target = staging / "wheel"
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            names = [n for n in zf.namelist() if n.startswith("odyssey/")]
+            bad = [n for n in names if ".." in Path(n).parts]
+            if not names or bad:
+                raise ConfigError(f"--odyssey {wheel}: not an odyssey wheel (no odyssey/ package{', or unsafe paths' if bad else ''})")
+            zf.extractall(target, members=names)
+    except zipfile.BadZipFile as exc:
+        raise ConfigError(f"--odyssey {wheel}: not a wheel ({exc})") from None
+    return target / "odyssey"
+
+
+def _staged_config_folder(folder: Path, staging: Path) -> Path:
+    """A copy of the config folder ``folder`` (its YAML files) under ``staging``, named so that it
+    is importable as a module on the cluster: ``odyssey_conf_<hash of its path>``."""
+    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+    target = staging / "conf" / f"odyssey_conf_{digest}"
+    for path in sorted(folder.rglob("*.yaml")):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        destination = target / path.relative_to(folder)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, destination)
+    target.mkdir(parents=True, exist_ok=True)
+    return target
 
 
 def job_server(address: str | None) -> str:
@@ -132,12 +260,23 @@ def submit(
     job_file: Path | None = None,
     submission_id: str | None = None,
     python: str = "python",
+    odyssey: str | None = None,
+    shipped: list[str] | None = None,
 ) -> str:
-    """Check the study locally, submit it as a Ray Job, return the submission id."""
+    """Check the study locally, submit it as a Ray Job, return the submission id. ``odyssey``:
+    which odyssey the cluster runs (:func:`odyssey_runtime_env`); ``shipped`` gets what was shipped,
+    in words."""
+    with tempfile.TemporaryDirectory(prefix="odyssey-submit-") as staging:  # uploaded by submit_job
+        env, what = odyssey_runtime_env(Path(staging), odyssey=odyssey, job_file=job_file)
+        if shipped is not None:
+            shipped.append(what)
+        return _submit(env, overrides, address=address, submission_id=submission_id, python=python)
+
+
+def _submit(env: dict[str, Any], overrides: Sequence[str], *, address: str | None, submission_id: str | None, python: str) -> str:
     from odyssey.config import compose
     from odyssey.sweep.search_space import translate
 
-    env = project_runtime_env(job_file=job_file)
     file_overrides = shlex.split(env["env_vars"].pop("ODYSSEY_OVERRIDES", ""))
     overrides = file_overrides + list(overrides)
     cfg = compose("sweep", overrides)  # unknown experiment, bad keys: fail here, not on the cluster
@@ -174,27 +313,42 @@ def submit_main(argv: Sequence[str]) -> int:
     from odyssey.config import SWEEP_GROUPS, groups_help
 
     parser = _parser("odyssey submit")
-    parser.usage = "odyssey submit [jobs/<name>.yaml] [--address URL] [--wait] [--id ID] [--python PY] [KEY=VALUE ...]"
+    parser.usage = (
+        "odyssey submit [jobs/<name>.yaml] [--address URL] [--wait] [--id ID] [--python PY] "
+        "[--odyssey WHICH] [--config-dir DIR] [KEY=VALUE ...]"
+    )
     parser.description = (
         "Submit a study to a Ray cluster as a Ray Job. The optional job file is a Ray runtime env "
-        "(jobs/*.yaml); KEY=VALUE are the Hydra overrides of `odyssey sweep` (conf/sweep.yaml)."
+        "(jobs/*.yaml); KEY=VALUE are the Hydra overrides of `odyssey sweep` (conf/sweep.yaml). "
+        "Your config folders (--config-dir DIR, $ODYSSEY_CONFIG_PATH, ./conf) travel with the job."
     )
     parser.epilog = groups_help(SWEEP_GROUPS)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--wait", action="store_true", help="follow the job's logs until it ends")
     parser.add_argument("--id", dest="submission_id", help="a submission id of your choice")
     parser.add_argument("--python", default="python", help="the interpreter on the cluster (default: python)")
+    parser.add_argument(
+        "--odyssey", metavar="WHICH", default=None,
+        help="the odyssey the cluster runs: checkout (the default in a source checkout; or a checkout's path), "
+        "installed (the default otherwise: this package), a wheel (.whl), or a pip requirement",
+    )  # fmt: skip
+    parser.add_argument("--config-dir", metavar="DIR", action="append", default=[], help="your own config folder (repeatable), searched before the package's")
     args, rest = parser.parse_known_args(list(argv))
+    from odyssey.config import take_config_dirs
+
+    take_config_dirs([a for d in args.config_dir for a in ("--config-dir", d)])
     job_file = None
     if rest and rest[0].endswith((".yaml", ".yml")) and "=" not in rest[0]:
         job_file = Path(rest.pop(0)).resolve()
         if not job_file.is_file():
             raise ConfigError(f"job file {job_file} does not exist; ready ones are in jobs/")
+    shipped: list[str] = []
     job_id = submit(
-        rest, address=args.address, job_file=job_file, submission_id=args.submission_id, python=args.python
-    )
+        rest, address=args.address, job_file=job_file, submission_id=args.submission_id, python=args.python,
+        odyssey=args.odyssey, shipped=shipped,
+    )  # fmt: skip
     where = f" --address {args.address}" if args.address else ""
-    print(f"submitted job {job_id}")
+    print(f"submitted job {job_id}: {shipped[0]}")
     print(f"  follow:  odyssey logs {job_id} --follow{where}")
     print(f"  status:  odyssey jobs{where}")
     print(f"  stop:    odyssey stop {job_id}{where}")

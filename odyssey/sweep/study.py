@@ -33,7 +33,7 @@ from odyssey.config import (
     check_fields,
     check_type,
     compose,
-    config_dir,
+    group_options,
     trial_config,
     typed,
 )
@@ -82,7 +82,7 @@ class SchedulerConfig:
     """The trial scheduler: ``fifo`` (every trial runs to its end, the paper) or ``asha``."""
 
     name: str = "fifo"
-    grace_period: int = 1  # asha: epochs before a trial may be stopped
+    grace_period: int = 2  # asha: epochs before a trial may be stopped
     reduction_factor: float = 3.0
     max_t: int | None = None  # asha: the epoch budget; null = train.max_epochs
 
@@ -322,8 +322,8 @@ def _study(cfg: DictConfig) -> StudyConfig:
 
 
 def _check_names(group: str, names: Sequence[str]) -> None:
-    """Names of a config group must be files ``conf/<group>/<name>.yaml``."""
-    available = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    """Names of a config group must be files ``<config folder>/<group>/<name>.yaml``."""
+    available = list(group_options(group))
     unknown = [n for n in names if n not in available]
     if unknown:
         raise ConfigError(f"study.{group}s: unknown {group}(s) {unknown}; available: {available}")
