@@ -308,9 +308,7 @@ def user_config_dirs() -> list[Path]:
 
     Each folder is laid out like the package's: ``variant/mine.yaml``, ``experiment/x.yaml``.
     """
-    dirs: list[Path] = []
-    for entry in filter(None, os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep)):
-        dirs.append(_resolve_config_entry(entry))
+    dirs = [_resolve_config_entry(entry) for entry in config_path_entries()]
     local = Path.cwd() / USER_CONF
     if local.is_dir() and any((local / g).is_dir() for g in CONFIG_GROUPS):
         dirs.append(local.resolve())
@@ -320,6 +318,17 @@ def user_config_dirs() -> list[Path]:
         if d != package and d not in unique:
             unique.append(d)
     return unique
+
+
+def config_path_entries() -> list[str]:
+    """The entries of ``$ODYSSEY_CONFIG_PATH`` (``os.pathsep``-separated; ``pkg://x`` stays one)."""
+    entries: list[str] = []
+    for part in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep):
+        if entries and entries[-1] == "pkg" and part.startswith("//"):
+            entries[-1] += ":" + part
+        elif part:
+            entries.append(part)
+    return entries
 
 
 def config_search_path() -> tuple[Path, ...]:
@@ -368,8 +377,8 @@ def take_config_dirs(argv: Sequence[str]) -> list[str]:
         else:
             rest.append(arg)
     if dirs:
-        checked = [str(_checked_config_dir(Path(d).expanduser().resolve(), f"--config-dir {d}")) for d in dirs]
-        before = [e for e in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if e]
+        checked = list(dict.fromkeys(str(_checked_config_dir(Path(d).expanduser().resolve(), f"--config-dir {d}")) for d in dirs))
+        before = config_path_entries()
         os.environ[CONFIG_PATH_ENV] = os.pathsep.join(checked + [e for e in before if e not in checked])
     return rest
 

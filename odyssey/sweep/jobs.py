@@ -140,7 +140,7 @@ def odyssey_runtime_env(
         env = project_runtime_env(job_file=job_file, tracking_uri=tracking_uri, root=root)
         what = f"the checkout {root}"
     else:
-        env = _job_file_env(job_file, tracking_uri)
+        env = _job_file_env(job_file, tracking_uri, staging)
         modules = env.setdefault("py_modules", [])
         if mode == "installed":
             import odyssey as package
@@ -164,15 +164,19 @@ def odyssey_runtime_env(
     return env, what
 
 
-def _job_file_env(job_file: Path | None, tracking_uri: str | None) -> dict[str, Any]:
-    """A job file's runtime env without the checkout: its ``working_dir`` (if any) is relative to
-    the current directory, and must not hold an ``odyssey`` package of its own (it would shadow the
-    one shipped)."""
+def _job_file_env(job_file: Path | None, tracking_uri: str | None, staging: Path) -> dict[str, Any]:
+    """A job file's runtime env without the checkout: its ``working_dir`` is relative to the
+    current directory, and must not hold an ``odyssey`` package of its own (it would shadow the
+    one shipped); without one, the job runs in an empty folder of its own."""
     env: dict[str, Any] = {}
     if job_file is not None:
         env = _read_job_file(job_file)
     working_dir = env.get("working_dir")
-    if working_dir is not None:
+    if working_dir is None:  # a clean current directory: the raylet's (a checkout?) would shadow the shipped odyssey
+        (staging / "work").mkdir(parents=True, exist_ok=True)
+        (staging / "work" / "README.txt").write_text("The working directory of an odyssey job (odyssey submit).\n")
+        env["working_dir"] = str(staging / "work")
+    else:
         path = (Path.cwd() / working_dir).resolve()
         if (path / "odyssey" / "__init__.py").is_file():
             raise ConfigError(
