@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
@@ -62,7 +63,12 @@ class StudyHandle:
         return analyze_study(self.load(), out_dir=out_dir or f"analysis/{self.name}", log=log, **options)
 
 
-def study(*overrides: str, cwd: str | Path | None = None) -> StudyHandle:
+def study(*overrides: str, cwd: str | Path | None = None, config_dirs: Sequence[str | Path] = ()) -> StudyHandle:
     """A study from Hydra overrides of ``conf/sweep.yaml``, checked now (a bad key, value or
-    name raises :class:`odyssey.errors.ConfigError` before anything runs)."""
+    name raises :class:`odyssey.errors.ConfigError` before anything runs). ``config_dirs``: your
+    own config folders (variant/, experiment/ ...), searched before the package's from now on in
+    this process, as ``--config-dir`` does."""
+    from odyssey.config import take_config_dirs
+
+    take_config_dirs([a for d in config_dirs for a in ("--config-dir", str(d))])
     return StudyHandle(load_sweep(list(overrides), cwd=Path(cwd) if cwd else None))

@@ -131,11 +131,10 @@ class TrackingConfig:
         _check(self.outage_grace_s > 0, "tracking.outage_grace_s", self.outage_grace_s, "a number of seconds > 0")
 
     def resolved_uri(self, root: Path) -> str:
-        if self.uri:
-            return self.uri
-        if os.environ.get("MLFLOW_TRACKING_URI"):
-            return os.environ["MLFLOW_TRACKING_URI"]
-        return f"sqlite:///{(root / 'mlruns.db').resolve()}"
+        """``uri``, else :func:`odyssey.run_schema.default_tracking_uri` in ``root``."""
+        from odyssey.run_schema import default_tracking_uri
+
+        return self.uri or default_tracking_uri(root)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,11 @@ class DataError(OdysseyError, ValueError):
     """A data file is missing, truncated, tampered with or malformed."""
 
 
+class NotFoundError(OdysseyError, LookupError):
+    """Something named that should exist does not (a tracking store, a study); the message says
+    what exists."""
+
+
 class ServiceError(OdysseyError, RuntimeError):
     """A service (MLflow tracking server, Ray cluster, job server) cannot be reached or refused."""
 

@@ -1,52 +1,42 @@
-"""MLflow adapter: the names every odyssey run carries, and a logger for one trial.
+"""MLflow adapter: a logger for one trial, and the retry and outage handling around MLflow calls.
 
-Run schema (the analysis reads it back, so it is part of the public contract):
-
-* params: the effective config flattened (``model.hidden_size``, ``train.lr``...), plus the
-  paper's four hyperparameters under bare names (``hidden_size``, ``lr``, ``momentum``,
-  ``input_noise``: short MLflow columns; the analysis reads the config paths).
-* per-epoch metrics (step = epoch, 1-based): ``train/loss``, ``val/<metric>`` for each of the
-  task's metrics.
-* searched hyperparameters (sweep trials) in analysis units, as numeric metrics ``hp/<coordinate>``
-  (``hp/log10_lr``...): MLflow sorts and charts metrics by value, params as text.
-* final metrics: ``test/<metric>`` and ``best_val/<metric>`` at the best validation epoch,
-  ``best_epoch``, ``epochs``.
-* parent (search) runs carry metrics of their own, ``search/trials/<status>`` (counts) and
-  ``search/best_val/<metric>``, so that grouping runs by variant in the UI averages trials only.
-* tags: see the ``TAG_*`` constants; ``odyssey.status`` is one of ``ALL_STATUSES``: a final one
-  (``STATUSES``), ``running``, or ``interrupted`` (the sweep was stopped; ``resume=true`` continues
-  the run, and ``odyssey analyze`` leaves it out until then).
+The names a run carries (roles, tags, statuses, metric and artifact names), the URIs and the store
+checks are :mod:`odyssey.run_schema`'s; they are imported here too, where most callers look.
 """
 
 from __future__ import annotations
 
-TAG_ROLE = "odyssey.role"  # "train" (single trial), "search" (parent run), "trial" (child run)
-TAG_TASK = "odyssey.task"
-TAG_VARIANT = "odyssey.variant"
-TAG_STATUS = "odyssey.status"
-TAG_PARAMS_COUNT = "odyssey.params_count"
-TAG_SEED = "odyssey.seed"
-TAG_PRIMARY_METRIC = "odyssey.primary_metric"
-TAG_LOWER_IS_BETTER = "odyssey.lower_is_better"
-TAG_SEARCH = "odyssey.search"  # search algorithm: random | tpe
-TAG_SCHEDULER = "odyssey.scheduler"  # fifo | asha
-TAG_BUDGET_REACHED = "odyssey.budget_reached"  # "true" when the trial ran its full epoch budget
-TAG_TRIAL_ID = "odyssey.trial_id"  # Ray Tune trial id
-TAG_STUDY = "odyssey.study"
-TAG_DEVICE = "odyssey.device"  # where the trial trained: "cpu" or "cuda:N (<GPU name>)"
-TAG_ERROR = "odyssey.error"  # a failed trial's exception, "Type: message"; the traceback is artifact error.txt
-
-STATUS_COMPLETED = "completed"
-STATUS_STOPPED = "stopped_early"  # stopped by the scheduler (ASHA)
-STATUS_DIVERGED = "diverged"
-STATUS_FAILED = "failed"
-STATUS_RUNNING = "running"
-STATUS_INTERRUPTED = "interrupted"  # the sweep was stopped (signal, outage); resume=true continues it
-STATUSES = (STATUS_COMPLETED, STATUS_STOPPED, STATUS_DIVERGED, STATUS_FAILED)  # final: never trained again
-ALL_STATUSES = (*STATUSES, STATUS_INTERRUPTED, STATUS_RUNNING)
-
-SEARCH_METRIC_PREFIX = "search/"  # the metrics of parent runs
-HP_METRIC_PREFIX = "hp/"  # a trial's searched hyperparameters in analysis units
+from odyssey.run_schema import (  # noqa: F401  (re-exported)
+    ALL_STATUSES,
+    HP_METRIC_PREFIX,
+    ROLE_TRAIN,
+    SEARCH_METRIC_PREFIX,
+    STATUS_COMPLETED,
+    STATUS_DIVERGED,
+    STATUS_FAILED,
+    STATUS_INTERRUPTED,
+    STATUS_RUNNING,
+    STATUS_STOPPED,
+    STATUSES,
+    TAG_BUDGET_REACHED,
+    TAG_DEVICE,
+    TAG_ERROR,
+    TAG_LOWER_IS_BETTER,
+    TAG_PARAMS_COUNT,
+    TAG_PRIMARY_METRIC,
+    TAG_ROLE,
+    TAG_SCHEDULER,
+    TAG_SEARCH,
+    TAG_SEED,
+    TAG_STATUS,
+    TAG_STUDY,
+    TAG_TASK,
+    TAG_TRIAL_ID,
+    TAG_VARIANT,
+    experiment_url,
+    mlflow_status,
+    where_to_look,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,7 +272,7 @@ class MlflowTrialLogger:
             if not self.flush():
                 raise ConnectionError(f"MLflow tracking server unavailable; {len(self._pending)} metric(s) buffered")
             self.client.log_batch(self.run_id, tags=tags)
-            self.client.set_terminated(self.run_id, status="FAILED" if status == STATUS_FAILED else "FINISHED")
+            self.client.set_terminated(self.run_id, status=mlflow_status(status))
 
         call_with_retry(send, give_up=give_up)
 
@@ -294,21 +284,6 @@ def last_complete_epoch(client: "MlflowClient", run) -> int:
     if not keys:
         return 0
     return min(max((m.step for m in client.get_metric_history(run.info.run_id, k)), default=0) for k in keys)
-
-
-def experiment_url(uri: str, experiment_id: str) -> str:
-    """Where a study's runs are in the MLflow UI, in the model-training view (MLflow 3 opens an
-    experiment in its GenAI view otherwise). For a local store: the URL of ``mlflow ui``."""
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
-
-
-def where_to_look(uri: str, experiment_id: str) -> str:
-    """One line telling a user how to open the study in the MLflow UI."""
-    url = experiment_url(uri, experiment_id)
-    if uri.startswith(("http://", "https://")):
-        return f"MLflow UI: {url}"
-    return f"MLflow UI: `mlflow ui --backend-store-uri {uri}`, then {url}"
 
 
 def trial_index(trial_id: str) -> int | None:

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from odyssey.analysis.study import ROLE_ANALYSIS, Study
+from odyssey.analysis.study import Study
 from odyssey.errors import ServiceError
-from odyssey.tracking import TAG_ROLE, TAG_STUDY
+from odyssey.run_schema import ROLE_ANALYSIS, TAG_ROLE, TAG_STUDY
 
 
 def result_metrics(comparison: pd.DataFrame, fanova_table: pd.DataFrame) -> dict[tuple[str, str], dict[str, float]]:

@@ -7,7 +7,8 @@ import argparse
 from odyssey.analysis.fanova import TRIALS_PER_HYPERPARAMETER
 from odyssey.analysis.report import MIN_FANOVA_TRIALS, analyze_study, format_terminal
 from odyssey.analysis.errors import AnalysisError
-from odyssey.analysis.study import default_tracking_uri, load_study, mixed_sweeps
+from odyssey.analysis.study import load_study, mixed_sweeps
+from odyssey.run_schema import default_tracking_uri
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from odyssey.errors import OdysseyError
+from odyssey.errors import NotFoundError, OdysseyError
 
 
 class AnalysisError(OdysseyError, ValueError):
     """The analysis cannot be done on the given data (shapes, too few points, no variance)."""
 
 
-class StudyNotFoundError(AnalysisError, LookupError):
+class StudyNotFoundError(AnalysisError, NotFoundError):
     """No MLflow experiment has the study's name; the message lists the ones that exist."""
 
 

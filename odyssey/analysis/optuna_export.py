@@ -53,7 +53,8 @@ def export_optuna(study_name: str, *, tracking_uri: str, storage: str) -> dict[s
     import optuna
     from mlflow import MlflowClient
 
-    from odyssey.analysis.study import ROLE_SEARCH, _check_store, _search_all
+    from odyssey.analysis.study import _search_all
+    from odyssey.run_schema import ROLE_SEARCH, check_store
     from odyssey.sweep.mlflow_runs import recorded_search_space, trial_runs
     from odyssey.tracking import (
         STATUS_COMPLETED,
@@ -67,7 +68,7 @@ def export_optuna(study_name: str, *, tracking_uri: str, storage: str) -> dict[s
         TAG_VARIANT,
     )
 
-    _check_store(tracking_uri)
+    check_store(tracking_uri, existing=True)
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(study_name)
     if exp is None:
@@ -130,7 +131,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///optuna-<study>.db)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlruns.db)")
     args = parser.parse_args(argv)
-    from odyssey.analysis.study import default_tracking_uri
+    from odyssey.run_schema import default_tracking_uri
 
     storage = args.storage or f"sqlite:///optuna-{args.study}.db"
     written = export_optuna(args.study, tracking_uri=args.tracking_uri or default_tracking_uri(), storage=storage)

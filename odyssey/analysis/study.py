@@ -22,33 +22,32 @@ from __future__ import annotations
 
 import math
 import os
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 
 from odyssey.analysis.errors import StudyNotFoundError
 from odyssey.analysis.space import AnalysisSpace, union_columns
-from odyssey.errors import ConfigError, ServiceError
-from odyssey.tracking import (
-    STATUS_COMPLETED,
-    STATUS_FAILED,
-    STATUS_RUNNING,
+from odyssey.errors import ConfigError
+from odyssey.run_schema import (
+    METRIC_EPOCHS,
+    ROLE_SEARCH,
+    ROLE_TRIAL,
     TAG_BUDGET_REACHED,
     TAG_LOWER_IS_BETTER,
     TAG_PARAMS_COUNT,
     TAG_PRIMARY_METRIC,
     TAG_SEED,
-    TAG_STATUS,
     TAG_TASK,
     TAG_VARIANT,
+    best_val_metric,
+    check_store,
+    default_tracking_uri,
+    status_of,
+    test_metric,
 )
 
-ROLE_TRIAL = "trial"
-ROLE_SEARCH = "search"
-ROLE_ANALYSIS = "analysis"
 PAGE_SIZE = 1000
 
 @dataclass(frozen=True)
@@ -80,25 +79,6 @@ class Study:
         return self.spaces.get((task, variant)) or AnalysisSpace.fallback()
 
 
-def default_tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else a SQLite file ``mlruns.db`` in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlruns.db'}"
-
-
-def _check_store(tracking_uri: str) -> None:
-    """Fail fast, with one clear message, on a missing SQLite file or an unreachable server."""
-    if tracking_uri.startswith("sqlite:///"):
-        path = Path(tracking_uri[len("sqlite:///"):])
-        if not path.is_file():
-            raise StudyNotFoundError(f"no MLflow tracking store at {path} (tracking URI {tracking_uri})")
-    elif tracking_uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=5) as resp:
-                resp.read()
-        except OSError as exc:
-            raise ServiceError(f"MLflow tracking server {tracking_uri} unreachable: {exc}") from None
-
-
 def _search_all(client, experiment_id: str, role: str) -> list:
     from odyssey.sweep.mlflow_runs import runs_with_role
 
@@ -118,17 +98,6 @@ def _bool(value: str | None) -> bool | None:
     return value.strip().lower() in ("true", "1", "yes")
 
 
-def _status(tags: dict, mlflow_status: str) -> str:
-    """The odyssey status tag; without one, derived from the MLflow run status."""
-    if TAG_STATUS in tags:
-        return tags[TAG_STATUS]
-    if mlflow_status in ("RUNNING", "SCHEDULED"):
-        return STATUS_RUNNING
-    if mlflow_status in ("FAILED", "KILLED"):
-        return STATUS_FAILED
-    return STATUS_COMPLETED
-
-
 def _trial_row(run) -> dict:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     row = {
@@ -136,13 +105,13 @@ def _trial_row(run) -> dict:
         "parent_run_id": tags.get("mlflow.parentRunId"),
         "task": tags.get(TAG_TASK, "?"),
         "variant": tags.get(TAG_VARIANT, "?"),
-        "status": _status(tags, run.info.status),
+        "status": status_of(tags, run.info.status),
         "metric": tags.get(TAG_PRIMARY_METRIC),
         "lower_is_better": _bool(tags.get(TAG_LOWER_IS_BETTER)),
         "params_count": _float(tags.get(TAG_PARAMS_COUNT)),
         "budget_reached": _bool(tags.get(TAG_BUDGET_REACHED)),
         "seed": _float(tags.get(TAG_SEED)),
-        "epochs": _float(metrics.get("epochs")),
+        "epochs": _float(metrics.get(METRIC_EPOCHS)),
         "max_epochs": _float(params.get("train.max_epochs")),
         "start_time": (run.info.start_time or 0) / 1000.0,
         "end_time": (run.info.end_time or 0) / 1000.0,
@@ -170,8 +139,8 @@ def _fill_metric(rows: list[dict]) -> None:
                 r["metric"] = tests[0] if tests else "?"
         if r["lower_is_better"] is None:
             r["lower_is_better"] = r["metric"] != "accuracy"
-        r["val"] = _float(metrics.get(f"best_val/{r['metric']}"))
-        r["test"] = _float(metrics.get(f"test/{r['metric']}"))
+        r["val"] = _float(metrics.get(best_val_metric(r["metric"])))
+        r["test"] = _float(metrics.get(test_metric(r["metric"])))
 
 
 LEADING_COLUMNS = ["run_id", "parent_run_id", "task", "variant", "status", "metric", "lower_is_better"]
@@ -254,7 +223,7 @@ def load_study(name: str, *, tracking_uri: str | None = None) -> Study:
     from mlflow import MlflowClient
 
     uri = tracking_uri or default_tracking_uri()
-    _check_store(uri)
+    check_store(uri, existing=True)
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(name)
     if exp is None:

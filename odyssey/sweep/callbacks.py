@@ -18,11 +18,19 @@ from typing import Any
 from ray.tune import Callback
 
 from odyssey.sweep.trainable import RUN_ID_KEY, TrialContext
-from odyssey.tracking import STATUS_FAILED, STATUS_STOPPED, STATUSES, TAG_BUDGET_REACHED, TAG_ERROR, TAG_STATUS
+from odyssey.run_schema import (
+    ERROR_ARTIFACT,
+    STATUS_FAILED,
+    STATUS_STOPPED,
+    STATUSES,
+    TAG_BUDGET_REACHED,
+    TAG_ERROR,
+    TAG_STATUS,
+    mlflow_status,
+)
 
 __all__ = ["MlflowStatusCallback", "ProgressCallback", "trial_error"]
 
-ERROR_ARTIFACT = "error.txt"
 TRACEBACK_LINES = 60  # the tail of the traceback kept in the run's error.txt
 
 
@@ -130,7 +138,7 @@ class MlflowStatusCallback(Callback):
         mlf = mlflow_runs.client(self.ctx.tracking_uri)
         mlf.set_tag(run.info.run_id, TAG_STATUS, STATUS_STOPPED)
         mlf.set_tag(run.info.run_id, TAG_BUDGET_REACHED, "false")
-        mlf.set_terminated(run.info.run_id, status="KILLED")
+        mlf.set_terminated(run.info.run_id, status=mlflow_status(STATUS_STOPPED))
 
     def _record_failure(self, trial) -> None:
         from odyssey.sweep import mlflow_runs
@@ -148,7 +156,7 @@ class MlflowStatusCallback(Callback):
         mlf.set_tag(run_id, TAG_ERROR, summary[:4000])
         if text:
             mlf.log_text(run_id, "\n".join(text.splitlines()[-TRACEBACK_LINES:]) + "\n", ERROR_ARTIFACT)
-        mlf.set_terminated(run_id, status="FAILED")
+        mlf.set_terminated(run_id, status=mlflow_status(STATUS_FAILED))
 
     def _create_failed_run(self, trial) -> str:
         from odyssey.sweep.trainable import params_count, trial_config, trial_run_tags

@@ -57,6 +57,7 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 from odyssey.errors import ConfigError
+from odyssey.run_schema import ROLE_SEARCH, ROLE_TRIAL, TAG_OVERRIDES, TAG_SEARCH_KEY, check_store
 from odyssey.sweep.trainable import META_FILE, PENDING_KEY, STATE_FILE
 from odyssey.tracking import (
     STATUS_COMPLETED,
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def clean_main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
-    from odyssey.analysis.study import default_tracking_uri
+    from odyssey.run_schema import default_tracking_uri
 
     clean_study(
         args.study,
@@ -177,13 +178,13 @@ def clean_study(
     from odyssey.sweep import identity, mlflow_runs
 
     say = out or (lambda line: print(line, flush=True))
-    _check_store(tracking_uri)
+    check_store(tracking_uri, existing=True)
     mlf = mlflow_runs.client(tracking_uri)
     exp = mlf.get_experiment_by_name(study)
     if exp is None:
         names = sorted(e.name for e in mlf.search_experiments())
         raise ConfigError(f"no study named {study!r} at {tracking_uri}; studies there: {', '.join(names) or '(none)'}")
-    parents = mlflow_runs.runs_with_role(mlf, exp.experiment_id, mlflow_runs.ROLE_SEARCH, page_size=PAGE)
+    parents = mlflow_runs.runs_with_role(mlf, exp.experiment_id, ROLE_SEARCH, page_size=PAGE)
     if not parents:
         raise ConfigError(f"study {study!r} has no sweep in MLflow ({tracking_uri}): nothing to clean")
     _refuse_unfinished(study, exp.tags, parents)
@@ -195,9 +196,9 @@ def clean_study(
     try:
         if lease is not None:  # re-read under the lease: a driver may have run in between
             exp = mlf.get_experiment(exp.experiment_id)
-            parents = mlflow_runs.runs_with_role(mlf, exp.experiment_id, mlflow_runs.ROLE_SEARCH, page_size=PAGE)
+            parents = mlflow_runs.runs_with_role(mlf, exp.experiment_id, ROLE_SEARCH, page_size=PAGE)
             _refuse_unfinished(study, {k: v for k, v in exp.tags.items() if k != identity.TAG_LEASE}, parents)
-        trials = mlflow_runs.runs_with_role(mlf, exp.experiment_id, mlflow_runs.ROLE_TRIAL, page_size=PAGE)
+        trials = mlflow_runs.runs_with_role(mlf, exp.experiment_id, ROLE_TRIAL, page_size=PAGE)
         protected = _protected_paths(tracking_uri, exp, [*parents, *trials])
         statuses = _trial_statuses(parents, trials)
         report = plan_checkpoints(base, statuses, protected=protected)
@@ -218,18 +219,7 @@ def clean_study(
     return report
 
 
-def _check_store(uri: str) -> None:
-    """A missing SQLite file is a wrong URI (not a store to create); a server must answer."""
-    from odyssey.sweep.mlflow_runs import check_tracking_server
-
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise ConfigError(f"no MLflow tracking store at {uri[len('sqlite:///'):]} (tracking URI {uri}); pass --tracking-uri")
-    check_tracking_server(uri)
-
-
 def _search_key(run) -> str:
-    from odyssey.sweep.mlflow_runs import TAG_SEARCH_KEY
-
     tags = run.data.tags
     return tags.get(TAG_SEARCH_KEY) or f"{tags.get(TAG_TASK)}__{tags.get(TAG_VARIANT)}"
 
@@ -237,7 +227,6 @@ def _search_key(run) -> str:
 def _refuse_unfinished(study: str, tags: dict[str, str], parents: list) -> None:
     """One line naming everything that makes the study unfinished."""
     from odyssey.sweep import identity
-    from odyssey.sweep.mlflow_runs import TAG_OVERRIDES
 
     problems = []
     now = time.time()

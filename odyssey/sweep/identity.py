@@ -33,15 +33,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from odyssey.errors import ConfigError, ServiceError
+from odyssey.run_schema import TAG_BUDGET, TAG_LEASE, TAG_STORAGE  # experiment tags
 
 __all__ = [
     "Lease", "TAG_BUDGET", "TAG_LEASE", "TAG_STORAGE", "acquire_lease", "budget_of", "claim", "read_lease",
     "release_lease", "renew_lease",
 ]  # fmt: skip
 
-TAG_STORAGE = "odyssey.sweep.storage"
-TAG_BUDGET = "odyssey.sweep.budget"
-TAG_LEASE = "odyssey.lease"
 HEARTBEAT_S = 10.0
 LEASE_TTL_S = 60.0
 SETTLE_S = 1.5  # after writing the lease, wait this long and read it back: the last writer wins
@@ -112,8 +110,7 @@ def claim(sweep, tracking_uri: str, experiment_id: str) -> Iterator[Path]:
 
 
 def _count_searches(mlf, experiment_id: str) -> int:
-    from odyssey.sweep.mlflow_runs import ROLE_SEARCH
-    from odyssey.tracking import TAG_ROLE
+    from odyssey.run_schema import ROLE_SEARCH, TAG_ROLE
 
     return len(mlf.search_runs([experiment_id], filter_string=f"tags.`{TAG_ROLE}` = '{ROLE_SEARCH}'", max_results=1000))
 

@@ -8,30 +8,39 @@ and tags as ``odyssey train``); this module only adds what a sweep needs around 
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from odyssey.errors import ServiceError
-from odyssey.tracking import (
+from odyssey.run_schema import (
     ALL_STATUSES,
-    SEARCH_METRIC_PREFIX,
+    ROLE_SEARCH,
+    ROLE_TRIAL,
+    SEARCH_SPACE_ARTIFACT,
+    SEARCH_WITH_FAILURES,
+    STATUS_COMPLETED,
+    STATUS_FAILED,
     STATUS_INTERRUPTED,
     STATUS_RUNNING,
     STATUSES,
     TAG_LOWER_IS_BETTER,
+    TAG_NUM_SAMPLES,
     TAG_PRIMARY_METRIC,
     TAG_ROLE,
     TAG_SCHEDULER,
     TAG_SEARCH,
+    TAG_SEARCH_KEY,
+    TAG_SEARCH_SPACE,
     TAG_STATUS,
     TAG_STUDY,
     TAG_TASK,
     TAG_TRIAL_ID,
     TAG_VARIANT,
-    get_or_create_experiment,
+    check_store,
+    mlflow_status,
+    search_best_metric,
+    search_trials_metric,
 )
+from odyssey.tracking import get_or_create_experiment
 
 __all__ = [
     "check_tracking_server",
@@ -42,13 +51,6 @@ __all__ = [
     "start_parent_run",
 ]
 
-ROLE_SEARCH = "search"
-ROLE_TRIAL = "trial"
-TAG_NUM_SAMPLES = "odyssey.num_samples"
-TAG_OVERRIDES = "odyssey.overrides"
-TAG_SEARCH_KEY = "odyssey.search_key"  # "<task>__<variant>": finds a search's parent run on resume
-
-
 def client(uri: str):
     import mlflow
 
@@ -56,35 +58,9 @@ def client(uri: str):
 
 
 def check_tracking_server(uri: str, *, timeout: float = 5.0) -> None:
-    """Fail fast, naming the URI, when the tracking store cannot be reached.
-
-    ``http(s)://`` URIs must answer ``/health``; ``sqlite:///`` and ``file:`` stores must be in a
-    directory that exists or can be created.
-    """
-    if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                if response.status == 200:
-                    return
-                problem = f"HTTP {response.status}"
-        except urllib.error.HTTPError as exc:
-            problem = f"HTTP {exc.code}"
-        except (OSError, ValueError) as exc:
-            problem = str(getattr(exc, "reason", exc))
-        raise ServiceError(
-            f"MLflow tracking server {uri} is not reachable ({problem}); start it (`mlflow server ...`) "
-            "or point tracking.uri / MLFLOW_TRACKING_URI at a running one"
-        )
-    if uri.startswith(("sqlite:///", "file:")):
-        from urllib.parse import urlparse
-
-        path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else Path(urlparse(uri).path)
-        folder = path.parent if uri.startswith("sqlite:///") else path
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ServiceError(f"MLflow tracking store {uri}: cannot create {folder}: {exc}") from None
+    """A writer's check of the store (:func:`odyssey.run_schema.check_store`): a server must answer,
+    a local store's folder must exist or be creatable."""
+    check_store(uri, timeout=timeout)
 
 
 def ensure_experiment(uri: str, name: str) -> str:
@@ -135,21 +111,16 @@ def finish_parent_run(
 
     mlf = client(uri)
     now = int(time.time() * 1000)
-    prefix = SEARCH_METRIC_PREFIX
-    metrics = [Metric(f"{prefix}trials/{status}", float(counts.get(status, 0)), now, 0) for status in ALL_STATUSES]
+    metrics = [Metric(search_trials_metric(status), float(counts.get(status, 0)), now, 0) for status in ALL_STATUSES]
     if best is not None:
-        metrics.append(Metric(f"{prefix}best_val/{metric.split('/', 1)[-1]}", float(best), now, 0))
+        metrics.append(Metric(search_best_metric(metric.split("/", 1)[-1]), float(best), now, 0))
     mlf.log_batch(run_id, metrics=metrics, tags=[])
     if interrupted:
         mlf.set_tag(run_id, TAG_STATUS, STATUS_INTERRUPTED)
-        mlf.set_terminated(run_id, status="KILLED")
+        mlf.set_terminated(run_id, status=mlflow_status(STATUS_INTERRUPTED))
         return
-    mlf.set_tag(run_id, TAG_STATUS, "completed" if not counts.get("failed", 0) else "completed_with_failures")
-    mlf.set_terminated(run_id, status="FINISHED")
-
-
-SEARCH_SPACE_ARTIFACT = "search_space.json"
-TAG_SEARCH_SPACE = "odyssey.search_space"
+    mlf.set_tag(run_id, TAG_STATUS, SEARCH_WITH_FAILURES if counts.get(STATUS_FAILED, 0) else STATUS_COMPLETED)
+    mlf.set_terminated(run_id, status=mlflow_status(STATUS_COMPLETED))
 
 
 def record_search_space(uri: str, run_id: str, space) -> None:
@@ -206,7 +177,7 @@ def mark_interrupted(uri: str, experiment_id: str, parent_run_id: str) -> int:
         if run.data.tags.get(TAG_STATUS) in STATUSES:
             continue
         mlf.set_tag(run.info.run_id, TAG_STATUS, STATUS_INTERRUPTED)
-        mlf.set_terminated(run.info.run_id, status="KILLED")
+        mlf.set_terminated(run.info.run_id, status=mlflow_status(STATUS_INTERRUPTED))
         marked += 1
     return marked
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from odyssey import run_schema
 from odyssey.errors import ConfigError, ServiceError
 from odyssey.sweep import identity, interrupts, mlflow_runs
 from odyssey.sweep.outage import TrackingDown, TrackingWatch, guarded
@@ -281,7 +282,7 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
             **mlflow_runs.search_tags(
                 sweep.search.name, sweep.scheduler.name, study.num_samples, plan.primary_metric, plan.lower_is_better
             ),
-            mlflow_runs.TAG_OVERRIDES: " ".join(sweep.overrides)[:4000],
+            run_schema.TAG_OVERRIDES: " ".join(sweep.overrides)[:4000],
         },
         resume=sweep.resume,
     )
@@ -452,9 +453,9 @@ def _outcome(sweep: SweepConfig, plan: SearchPlan, experiment_id: str, parent: s
     runs = mlflow_runs.trial_runs(sweep.tracking_uri, experiment_id, parent)
     counts = {s: 0 for s in ALL_STATUSES}
     best, first_error = None, None
-    key = f"best_val/{plan.primary_metric}"
+    key = run_schema.best_val_metric(plan.primary_metric)
     for run in runs:
-        status = run.data.tags.get(TAG_STATUS, "running")
+        status = run.data.tags.get(TAG_STATUS, run_schema.STATUS_RUNNING)
         counts[status] = counts.get(status, 0) + 1
         first_error = first_error or run.data.tags.get(TAG_ERROR)
         value = run.data.metrics.get(key)

@@ -23,6 +23,7 @@ from typing import Any
 
 from odyssey.sweep.search_space import SearchSpace
 from odyssey.sweep.study import SearchPlan
+from odyssey.run_schema import CONFIG_ARTIFACT, ROLE_TRIAL
 from odyssey.tracking import (
     STATUS_COMPLETED,
     STATUS_DIVERGED,
@@ -37,8 +38,6 @@ from odyssey.tracking import (
 )
 
 __all__ = ["TrialContext", "run_trial", "trial_config", "trial_seed"]
-
-ROLE_TRIAL = "trial"
 
 STATE_FILE = "trainer.pt"
 META_FILE = "odyssey.json"
@@ -158,7 +157,6 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             monitor.finish()
 
 
-CONFIG_ARTIFACT = "config.yaml"
 
 
 def config_yaml(cfg) -> str:
