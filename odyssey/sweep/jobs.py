@@ -314,7 +314,9 @@ def _parser(prog: str, *, with_id: bool = False) -> argparse.ArgumentParser:
 
 def submit_main(argv: Sequence[str]) -> int:
     """``odyssey submit [jobs/<name>.yaml] [--address URL] [--wait] [overrides]``."""
-    from odyssey.config import SWEEP_GROUPS, groups_help
+    from odyssey.config import SWEEP_GROUPS, groups_help, take_config_dirs
+
+    argv = take_config_dirs(argv)  # first: --help then lists the folders' options too
 
     parser = _parser("odyssey submit")
     parser.usage = (
@@ -336,11 +338,8 @@ def submit_main(argv: Sequence[str]) -> int:
         help="the odyssey the cluster runs: checkout (the default in a source checkout; or a checkout's path), "
         "installed (the default otherwise: this package), a wheel (.whl), or a pip requirement",
     )  # fmt: skip
-    parser.add_argument("--config-dir", metavar="DIR", action="append", default=[], help="your own config folder (repeatable), searched before the package's")
-    args, rest = parser.parse_known_args(list(argv))
-    from odyssey.config import take_config_dirs
-
-    take_config_dirs([a for d in args.config_dir for a in ("--config-dir", d)])
+    parser.add_argument("--config-dir", metavar="DIR", help="your own config folder (repeatable), searched before the package's")
+    args, rest = parser.parse_known_args(argv)
     job_file = None
     if rest and rest[0].endswith((".yaml", ".yml")) and "=" not in rest[0]:
         job_file = Path(rest.pop(0)).resolve()
