@@ -115,13 +115,13 @@ class PackedSequenceModel:
         self.hidden_sizes = list(hidden_sizes)
         self.H = max(self.hidden_sizes)
         self.members_forward = LAYERS[spec.family].members_forward
+        self.keys = list(states[0])
         # (layer, direction suffix) -> {parameter's base name: its key}: what members_forward takes.
         self._direction_keys: dict[tuple[int, str], dict[str, str]] = {}
         for key in self.keys:
             match = _LAYER_KEY.match(key)
             if match:
                 self._direction_keys.setdefault((int(match.group(1)), match.group(3) or ""), {})[match.group(2)] = key
-        self.keys = list(states[0])
         self.dims = {k: self._dims(k) for k in self.keys}
         self.params = {k: self.stack([s[k] for s in states], k, device=device, dtype=dtype).requires_grad_() for k in self.keys}
         self.masks = None
