@@ -21,7 +21,7 @@ from torch import nn
 
 from odyssey.cells.spec import VariantSpec
 
-__all__ = ["RecurrentLayer", "input_projection", "reverse_index", "run_steps", "torch_layer_weights"]
+__all__ = ["HiddenStateLayer", "RecurrentLayer", "input_projection", "reverse_index", "run_steps", "torch_layer_weights"]
 
 
 class RecurrentLayer(nn.Module):
@@ -98,6 +98,28 @@ class RecurrentLayer(nn.Module):
             f"{self.spec.label()}, input_size={self.input_size}, hidden_size={self.hidden_size}, "
             f"bidirectional={self.bidirectional}, fused={self.fused}"
         )
+
+
+class HiddenStateLayer(RecurrentLayer):
+    """A layer whose only state is its output h (the GRU, the simple RNN): one direction is
+    ``members_forward`` with a member axis of one, and ``forward`` returns ``(outputs, h_n)`` as
+    ``nn.GRU`` and ``nn.RNN`` do."""
+
+    @staticmethod
+    def members_forward(spec: VariantSpec, x: torch.Tensor, weights: dict[str, torch.Tensor], active=None) -> torch.Tensor:
+        """M layers at once: x (M, T, B, I), ``weights`` by base name, each (M, ...) -> (M, T, B, H)."""
+        raise NotImplementedError
+
+    def _direction(self, x: torch.Tensor, sfx: str) -> tuple[torch.Tensor]:
+        return (self.members_forward(self.spec, x.unsqueeze(0), self.direction_weights(sfx))[0],)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args: x (T, B, I); lengths (B,) int64 for zero-padded batches (default: all T).
+
+        Returns: outputs (T, B, H*directions), h_n (directions, B, H).
+        """
+        out, (h_n,) = self._run(x, lengths)
+        return out, h_n
 
 
 def reverse_index(T: int, last: torch.Tensor) -> torch.Tensor:

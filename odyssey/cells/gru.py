@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from odyssey.cells.base import RecurrentLayer, input_projection, run_steps, torch_layer_weights
+from odyssey.cells.base import HiddenStateLayer, input_projection, run_steps, torch_layer_weights
 from odyssey.cells.spec import VariantSpec
 
 __all__ = ["VariantGRU", "load_torch_gru_state_dict"]
@@ -52,9 +52,10 @@ def _step_reset_before(x_t, h, w_t):
     return torch.addcmul(n, u, h - n)
 
 
-class VariantGRU(RecurrentLayer):
+class VariantGRU(HiddenStateLayer):
     """One GRU layer (equations and parameters in the module docstring), the face of
-    :class:`~odyssey.cells.VariantLSTM`: uni- or bidirectional, ``lengths`` for padded batches.
+    :class:`~odyssey.cells.VariantLSTM`: uni- or bidirectional, ``lengths`` for padded batches;
+    ``layer(x, lengths)`` returns ``(outputs (T, B, H*directions), h_n (directions, B, H))``.
 
     Args:
         spec: a ``family=gru`` spec (``preset("gru")``; ``reset_before_product`` for Cho et al.'s form).
@@ -83,16 +84,6 @@ class VariantGRU(RecurrentLayer):
             return run_steps(_step_reset_before, xw, (w_t,), w_hh.shape[-1], active)
         return run_steps(_step_torch_form, xw, (w_t, weights["bias_hn"].unsqueeze(1)), w_hh.shape[-1], active)
 
-    def _direction(self, x: torch.Tensor, sfx: str) -> tuple[torch.Tensor]:
-        return (self.members_forward(self.spec, x.unsqueeze(0), self.direction_weights(sfx))[0],)
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Args: x (T, B, I); lengths (B,) int64 for zero-padded batches (default: all T).
-
-        Returns: outputs (T, B, H*directions), h_n (directions, B, H), as ``nn.GRU``.
-        """
-        out, (h_n,) = self._run(x, lengths)
-        return out, h_n
 
 
 def load_torch_gru_state_dict(layer: VariantGRU, state_dict: dict[str, torch.Tensor], *, index: int = 0) -> None:

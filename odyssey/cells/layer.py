@@ -63,18 +63,10 @@ class VariantLSTM(RecurrentLayer):
 
     family = "lstm"
 
-    def __init__(
-        self,
-        spec: VariantSpec,
-        input_size: int,
-        hidden_size: int,
-        bidirectional: bool = False,
-        *,
-        fused: bool = True,
-        init_std: float = 0.1,
-    ):
-        super().__init__(spec, input_size, hidden_size, bidirectional, fused=fused, init_std=init_std)
-        self.layout = Layout.of(spec, hidden_size)
+    @property
+    def layout(self) -> Layout:
+        """The structure of this variant's step (fixed by the spec and H; built once per pair)."""
+        return _layout(self.spec, self.hidden_size)
 
     def parameter_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
         spec, H, I = self.spec, self.hidden_size, self.input_size

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from odyssey.cells.base import RecurrentLayer, input_projection, run_steps, torch_layer_weights
+from odyssey.cells.base import HiddenStateLayer, input_projection, run_steps, torch_layer_weights
 from odyssey.cells.spec import VariantSpec
 
 __all__ = ["VariantRNN", "load_torch_rnn_state_dict"]
@@ -40,9 +40,10 @@ def _relu_step(x_t, h, w_t):
 _STEPS = {"tanh": _tanh_step, "relu": _relu_step}
 
 
-class VariantRNN(RecurrentLayer):
+class VariantRNN(HiddenStateLayer):
     """One Elman RNN layer (equation and parameters in the module docstring), the face of
-    :class:`~odyssey.cells.VariantLSTM`: uni- or bidirectional, ``lengths`` for padded batches.
+    :class:`~odyssey.cells.VariantLSTM`: uni- or bidirectional, ``lengths`` for padded batches;
+    ``layer(x, lengths)`` returns ``(outputs (T, B, H*directions), h_n (directions, B, H))``.
 
     Args:
         spec: a ``family=rnn`` spec (``preset("rnn")``; ``rnn_activation=relu`` for ReLU).
@@ -67,16 +68,6 @@ class VariantRNN(RecurrentLayer):
         xw = input_projection(x, weights["weight_ih"], weights["bias"])  # (T, M, B, H), one product
         return run_steps(_STEPS[spec.rnn_activation], xw, (w_hh.transpose(1, 2),), w_hh.shape[-1], active)
 
-    def _direction(self, x: torch.Tensor, sfx: str) -> tuple[torch.Tensor]:
-        return (self.members_forward(self.spec, x.unsqueeze(0), self.direction_weights(sfx))[0],)
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Args: x (T, B, I); lengths (B,) int64 for zero-padded batches (default: all T).
-
-        Returns: outputs (T, B, H*directions), h_n (directions, B, H), as ``nn.RNN``.
-        """
-        out, (h_n,) = self._run(x, lengths)
-        return out, h_n
 
 
 def load_torch_rnn_state_dict(layer: VariantRNN, state_dict: dict[str, torch.Tensor], *, index: int = 0) -> None:
