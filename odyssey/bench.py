@@ -1,6 +1,7 @@
 """``odyssey bench cells``: forward+backward time of every preset against ``torch.nn.LSTM``.
 
-Each variant is timed on the same shapes as a one-layer ``torch.nn.LSTM`` in the same process;
+Each variant is timed on the same shapes as a one-layer ``torch.nn.LSTM`` in the same process
+(the reference cells against theirs: ``gru`` against ``torch.nn.GRU``, ``rnn`` against ``torch.nn.RNN``);
 they are measured alternately and each reported time is the minimum over repeats (the least
 disturbed measurement), so the ratios are robust to other load on the machine. Times are per
 sequence: a batch's time divided by the batch size.
@@ -20,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from odyssey.cells import PRESETS, VariantLSTM, preset
+from odyssey.cells import PRESETS, preset, variant_layer
 
 __all__ = ["BenchRow", "bench_cells", "main"]
 
@@ -31,8 +32,8 @@ class BenchRow:
     device: str
     batch: int
     ms_per_seq: float
-    ref_ms_per_seq: float  # torch.nn.LSTM as configured (oneDNN on CPU where available)
-    aten_ms_per_seq: float | None = None  # torch.nn.LSTM with oneDNN off (CPU only)
+    ref_ms_per_seq: float  # torch's module of the family (nn.LSTM, nn.GRU, nn.RNN), oneDNN on CPU where available
+    aten_ms_per_seq: float | None = None  # the same with oneDNN off (CPU only)
 
     @property
     def ratio(self) -> float:
@@ -65,6 +66,9 @@ def _fwd_bwd(module: torch.nn.Module, x: torch.Tensor, *, onednn: bool = True) -
     return step
 
 
+_TORCH_MODULES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
+
+
 def bench_cells(
     *,
     variants: list[str] | None = None,
@@ -76,7 +80,7 @@ def bench_cells(
     repeats: int = 5,
     progress: Callable[[BenchRow], None] | None = None,
 ) -> list[BenchRow]:
-    """Time every variant against ``torch.nn.LSTM`` (T, I, H as in the paper's JSB setting)."""
+    """Time every variant against torch's module of its family (T, I, H as in the paper's JSB setting)."""
     variants = variants or list(PRESETS)
     devices = devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     rows = []
@@ -85,11 +89,11 @@ def bench_cells(
         for batch in batches:
             torch.manual_seed(0)
             x = torch.randn(T, batch, input_size, device=device)
-            ref = torch.nn.LSTM(input_size, hidden_size).to(device)
-            ref_step = _fwd_bwd(ref, x)
-            aten_step = _fwd_bwd(ref, x, onednn=False) if device.type == "cpu" else None
             for name in variants:
-                layer = VariantLSTM(preset(name), input_size, hidden_size).to(device)
+                ref = _TORCH_MODULES[preset(name).family](input_size, hidden_size).to(device)
+                ref_step = _fwd_bwd(ref, x)
+                aten_step = _fwd_bwd(ref, x, onednn=False) if device.type == "cpu" else None
+                layer = variant_layer(preset(name), input_size, hidden_size).to(device)
                 step = _fwd_bwd(layer, x)
                 step(), ref_step()  # warm-up
                 ours, theirs, aten = [], [], []
@@ -107,7 +111,7 @@ def bench_cells(
 
 
 def format_rows(rows: list[BenchRow]) -> str:
-    head = f"{'variant':<10} {'device':<6} {'batch':>5} {'ms/seq':>9} {'nn.LSTM':>9} {'ratio':>6} {'vs ATen':>8}"
+    head = f"{'variant':<10} {'device':<6} {'batch':>5} {'ms/seq':>9} {'nn.*':>9} {'ratio':>6} {'vs ATen':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         aten = f"{r.aten_ratio:>8.2f}" if r.aten_ratio is not None else f"{'-':>8}"
@@ -133,7 +137,7 @@ def main(argv: list[str]) -> int:
     if args.devices and any(d.startswith("cuda") for d in args.devices) and not torch.cuda.is_available():
         parser.error("--devices names cuda but no CUDA device is present; valid here: cpu")
     print(f"forward+backward per sequence, T={args.seq_len}, I=88, H=100, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; ratio = variant / torch.nn.LSTM", flush=True)
+          f"{torch.get_num_threads()} threads; ratio = variant / torch.nn.LSTM (gru: / nn.GRU, rnn: / nn.RNN)", flush=True)
     print(format_rows([]), flush=True)
 
     def show(row: BenchRow) -> None:

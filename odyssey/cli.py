@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("odyssey.sweep.jobs:status_main", "a Ray Job's status: odyssey status ID"),
     "analyze": ("odyssey.analysis.cli:main", "variant comparison and fANOVA report of a study"),
     "export": ("odyssey.analysis.optuna_export:main", "a study for other tools: odyssey export optuna STUDY [--storage URL]"),
+    "plot": ("odyssey.gradient_flow_plot:main", "figures: odyssey plot gradient-flow --variants rnn,vanilla task=adding --out FILE"),
     "bench": ("odyssey.bench:main", "benchmarks: odyssey bench cells | odyssey bench study"),
     "data": ("odyssey.cli:data_main", "datasets: odyssey data fetch jsb [--dest DIR]"),
     "clean": ("odyssey.sweep.clean:clean_main", "free a finished study's disk: trial checkpoints (--logs: its Ray sessions)"),

@@ -162,7 +162,9 @@ class TrialConfig:
         """The effective config as flat ``section.key`` pairs, plus the four searched
         hyperparameters under their bare names (the paper's units) for MLflow params."""
         flat: dict[str, Any] = {"seed": self.seed}
-        for section in ("variant", "task", "model", "train"):
+        # The variant's own switches only: a GRU run does not record the LSTM's peepholes.
+        flat.update({f"variant.{k}": v for k, v in {"name": self.variant.name, **self.variant.switches()}.items()})
+        for section in ("task", "model", "train"):
             for key, value in dataclasses.asdict(getattr(self, section)).items():
                 flat[f"{section}.{key}"] = value
         flat.update(

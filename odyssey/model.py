@@ -1,4 +1,4 @@
-"""The sequence model: stacked variant LSTM layers and a linear output head.
+"""The sequence model: stacked variant layers (an LSTM variant, the GRU or the simple RNN) and a linear output head.
 
 Shapes: inputs (T, B, I) -> outputs (T, B, O), one output vector per step; the task decides
 which steps are scored and how (softmax, Bernoulli, regression).
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from odyssey.cells import VariantLSTM, VariantSpec
+from odyssey.cells import VariantSpec, variant_layer
 
 if TYPE_CHECKING:  # pragma: no cover
     from odyssey.config import TrialConfig
@@ -24,7 +24,7 @@ class SequenceModel(nn.Module):
     """``num_layers`` variant layers (each bidirectional if asked) and a linear head.
 
     Args:
-        spec: the LSTM variant.
+        spec: the variant (its ``family`` picks the layer: LSTM, GRU or RNN).
         input_size: I.
         output_size: O, the task's output units.
         hidden_size: H, blocks per direction per layer.
@@ -48,7 +48,7 @@ class SequenceModel(nn.Module):
         super().__init__()
         directions = 2 if bidirectional else 1
         self.layers = nn.ModuleList(
-            VariantLSTM(
+            variant_layer(
                 spec,
                 input_size if k == 0 else hidden_size * directions,
                 hidden_size,

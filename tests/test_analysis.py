@@ -505,3 +505,29 @@ def test_a_study_of_several_sweeps_or_mixed_budgets_is_refused_or_flagged(mlflow
     warnings = [m for m in summary["messages"] if m.startswith("WARNING: ")]
     assert len(warnings) == 3 and "2 parent runs" in warnings[0]
     assert "WARNING: search adding/nfg has 2 parent runs" in capsys.readouterr().out
+
+
+def test_reference_cells_are_compared_against_vanilla_like_any_variant(tmp_path, monkeypatch):
+    """GRU and RNN rows come out of the Welch table like an LSTM variant's, with their own
+    parameter counts, and the box plot labels every variant with its count."""
+    from odyssey.analysis import figures
+    from odyssey.cells import preset
+
+    counts = {v: preset(v).num_parameters(2, 20) + 21 for v in ("vanilla", "gru", "rnn")}  # layer + head
+    rng = np.random.default_rng(1)
+    rows = [
+        {"task": "adding", "variant": v, "test": x, "val": x, "lower_is_better": True, "metric": "mse", "params_count": counts[v]}
+        for v, shift in (("vanilla", 0.0), ("gru", 0.0), ("rnn", 3.0))
+        for x in rng.normal(shift, 1.0, 30)
+    ]  # fmt: skip
+    table = welch_table(pd.DataFrame(rows))
+    all_ = table[table["subset"] == "all"].set_index("variant")
+    assert all_.loc["rnn", "significant"] and all_.loc["rnn", "direction"] == "worse"
+    assert not all_.loc["gru", "significant"]
+    assert {v: all_.loc[v, "params_count"] for v in counts} == counts == {"vanilla": 1921, "gru": 1421, "rnn": 481}
+    labels = []
+    monkeypatch.setattr(figures.plt.Axes, "set_xticks", lambda self, ticks, names, **kw: labels.extend(names))
+    values = {v: np.array([r["test"] for r in rows if r["variant"] == v]) for v in counts}
+    figures.box_plot("adding", values, table, "mse", tmp_path / "box.png", params_counts=counts)
+    assert labels == ["vanilla\n1,921 params", "gru\n1,421 params", "rnn *\n481 params"]
+    assert (tmp_path / "box.png").stat().st_size > 0

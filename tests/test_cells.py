@@ -1,8 +1,10 @@
-"""Contract tests for every LSTM variant: gradients, parameter counts, the paper's equations.
+"""Contract tests for every variant cell (the LSTM family, the GRU, the simple RNN): gradients,
+parameter counts, the equations.
 
-The reference below is written from the equations of Greff et al. (2017) and the parameter
-layout documented in ``odyssey.cells.layer``, step by step and gate by gate, sharing no code
-with the implementation.
+The references below are written from the equations (Greff et al. 2017 for the LSTMs, PyTorch's
+``nn.GRU`` and ``nn.RNN`` documentation and Cho et al. 2014 for the others) and the parameter
+layouts documented in ``odyssey.cells.layer``, ``.gru`` and ``.rnn``, step by step and gate by
+gate, sharing no code with the implementation.
 """
 
 from __future__ import annotations
@@ -12,9 +14,21 @@ import dataclasses
 import pytest
 import torch
 
-from odyssey.cells import ACTIVATIONS, PRESETS, VariantLSTM, VariantSpec, load_torch_lstm_state_dict, preset
+from odyssey.cells import (
+    ACTIVATIONS,
+    PRESETS,
+    VariantGRU,
+    VariantLSTM,
+    VariantRNN,
+    VariantSpec,
+    load_torch_gru_state_dict,
+    load_torch_lstm_state_dict,
+    load_torch_rnn_state_dict,
+    preset,
+    variant_layer,
+)
 
-ALL = sorted(PRESETS)
+ALL = sorted(PRESETS)  # the LSTM presets and the reference cells gru, rnn
 COMBOS = {
     "np+cifg": VariantSpec(peepholes=False, coupled_input_forget=True),
     "cifg+fgr": VariantSpec(coupled_input_forget=True, full_gate_recurrence=True),
@@ -22,8 +36,11 @@ COMBOS = {
     "nfg+nog+sigmoid": VariantSpec(forget_gate=False, output_gate=False, block_activation="sigmoid"),
     "nig+nfg+relu": VariantSpec(input_gate=False, forget_gate=False, output_activation="relu"),
     "nog+noaf": VariantSpec(output_gate=False, output_activation="identity"),  # y = c: dc is dy itself
+    "gru+reset_before_product": VariantSpec(family="gru", reset_before_product=True),
+    "rnn+relu": VariantSpec(family="rnn", rnn_activation="relu"),
 }
 SPECS = {**{n: preset(n) for n in ALL}, **COMBOS}
+LSTM_SPECS = {n: s for n, s in SPECS.items() if s.family == "lstm"}
 
 ACT = {
     "tanh": torch.tanh,
@@ -81,11 +98,49 @@ def reference(layer: VariantLSTM, x: torch.Tensor, *, force_f: float | None = No
     return torch.stack(outs)
 
 
+def reference_gru(layer: VariantGRU, x: torch.Tensor) -> torch.Tensor:
+    """nn.GRU's equations (or Cho et al.'s reset-before-product form), one unit row block at a time."""
+    H = layer.hidden_size
+    W = dict(zip("run", layer.weight_ih.split(H)))
+    R = dict(zip("run", layer.weight_hh.split(H)))
+    b = dict(zip("run", layer.bias.split(H)))
+    h = x.new_zeros(x.shape[1], H)
+    outs = []
+    for x_t in x:
+        r = torch.sigmoid(x_t @ W["r"].T + h @ R["r"].T + b["r"])
+        u = torch.sigmoid(x_t @ W["u"].T + h @ R["u"].T + b["u"])
+        if layer.spec.reset_before_product:
+            n = torch.tanh(x_t @ W["n"].T + (r * h) @ R["n"].T + b["n"])
+        else:
+            n = torch.tanh(x_t @ W["n"].T + b["n"] + r * (h @ R["n"].T + layer.bias_hn))
+        h = (1 - u) * n + u * h
+        outs.append(h)
+    return torch.stack(outs)
+
+
+def reference_rnn(layer: VariantRNN, x: torch.Tensor) -> torch.Tensor:
+    """h = act(W x + R h' + b), step by step."""
+    act = {"tanh": torch.tanh, "relu": torch.relu}[layer.spec.rnn_activation]
+    h = x.new_zeros(x.shape[1], layer.hidden_size)
+    outs = []
+    for x_t in x:
+        h = act(x_t @ layer.weight_ih.T + h @ layer.weight_hh.T + layer.bias)
+        outs.append(h)
+    return torch.stack(outs)
+
+
+REFERENCES = {"lstm": reference, "gru": reference_gru, "rnn": reference_rnn}
+
+
 def expected_params(name: str, I: int, H: int) -> int:
-    """Parameter counts written out per variant (G blocks of W, R, b; P peepholes; FGR's 9 H^2)."""
+    """Parameter counts written out per variant (G blocks of W, R, b; P peepholes; FGR's 9 H^2;
+    the GRU's three blocks and nn.GRU's b_hn; the RNN's one block)."""
     full = 4 * H * (I + H + 1)
     three = 3 * H * (I + H + 1)
     return {
+        "gru": three + H,
+        "gru+reset_before_product": three,
+        "rnn": H * (I + H + 1),
         "vanilla": full + 3 * H,
         "nig": three + 2 * H,
         "nfg": three + 2 * H,
@@ -104,40 +159,46 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.mark.parametrize("name", ALL)
+def final_states(result) -> tuple[torch.Tensor, ...]:
+    """The final states of a layer's ``(outputs, state)``: (h_n, c_n) for an LSTM, (h_n,) otherwise."""
+    state = result[1]
+    return tuple(state) if isinstance(state, tuple) else (state,)
+
+
+@pytest.mark.parametrize("name", [*ALL, "gru+reset_before_product"])
 def test_parameter_count_matches_formula(name):
-    layer = VariantLSTM(preset(name), input_size=88, hidden_size=100)
+    layer = variant_layer(SPECS[name], input_size=88, hidden_size=100)
     n = sum(p.numel() for p in layer.parameters())
-    assert n == expected_params(name, 88, 100) == preset(name).num_parameters(88, 100)
-    bi = VariantLSTM(preset(name), input_size=88, hidden_size=100, bidirectional=True)
+    assert n == expected_params(name, 88, 100) == SPECS[name].num_parameters(88, 100)
+    bi = variant_layer(SPECS[name], input_size=88, hidden_size=100, bidirectional=True)
     assert sum(p.numel() for p in bi.parameters()) == 2 * n
 
 
 @pytest.mark.parametrize("name", list(SPECS))
 def test_forward_matches_equations(name):
-    layer = VariantLSTM(SPECS[name], input_size=3, hidden_size=5).double()
+    layer = variant_layer(SPECS[name], input_size=3, hidden_size=5).double()
     x = torch.randn(7, 2, 3, dtype=torch.double)
-    y, (h_n, c_n) = layer(x)
-    torch.testing.assert_close(y, reference(layer, x))
-    torch.testing.assert_close(h_n[0], y[-1])
+    result = layer(x)
+    torch.testing.assert_close(result[0], REFERENCES[SPECS[name].family](layer, x))
+    torch.testing.assert_close(final_states(result)[0][0], result[0][-1])
 
 
 @pytest.mark.parametrize("name", list(SPECS))
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 def test_gradcheck(name, bidirectional):
-    layer = VariantLSTM(SPECS[name], input_size=3, hidden_size=4, bidirectional=bidirectional).double()
+    layer = variant_layer(SPECS[name], input_size=3, hidden_size=4, bidirectional=bidirectional).double()
     x = torch.randn(5, 2, 3, dtype=torch.double, requires_grad=True)
     lengths = torch.tensor([5, 3])
     params = tuple(layer.parameters())
 
     def f(x, *ps):
-        out, (h, c) = torch.func.functional_call(layer, dict(zip([n for n, _ in layer.named_parameters()], ps)), (x, lengths))
-        return out, h, c
+        result = torch.func.functional_call(layer, dict(zip([n for n, _ in layer.named_parameters()], ps)), (x, lengths))
+        return result[0], *final_states(result)
 
     assert torch.autograd.gradcheck(f, (x, *params))
 
 
-@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("name", list(LSTM_SPECS))
 def test_fused_backward_equals_autograd(name):
     fused = VariantLSTM(SPECS[name], input_size=4, hidden_size=6, bidirectional=True)
     plain = VariantLSTM(SPECS[name], input_size=4, hidden_size=6, bidirectional=True, fused=False)
@@ -193,6 +254,97 @@ def test_np_equals_torch_lstm(bidirectional, T, B, I, H, dtype):
             close_to_scale(getattr(ours, "bias" + sfx).grad, getattr(ref, torch_bias + sfx).grad)
 
 
+TORCH_REFERENCE = {
+    "gru": (torch.nn.GRU, {}, VariantGRU, load_torch_gru_state_dict),
+    "rnn": (torch.nn.RNN, {"nonlinearity": "tanh"}, VariantRNN, load_torch_rnn_state_dict),
+    "rnn+relu": (torch.nn.RNN, {"nonlinearity": "relu"}, VariantRNN, load_torch_rnn_state_dict),
+}
+
+
+def our_torch_bias_grads(layer, family: str, sfx: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """d b_ih and d b_hh of torch's layout from our gradients (see the loaders' docstrings)."""
+    g = getattr(layer, "bias" + sfx).grad
+    if family == "rnn":
+        return g, g
+    H = layer.hidden_size
+    return g, torch.cat([g[: 2 * H], getattr(layer, "bias_hn" + sfx).grad])
+
+
+@pytest.mark.parametrize("name", list(TORCH_REFERENCE))
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_reference_cells_equal_torch_after_loading_its_weights(name, bidirectional):
+    """Two stacked layers against a 2-layer ``nn.GRU`` / ``nn.RNN``: outputs, final states and every
+    gradient to 1e-5 in float32 (weight gradients relative to their largest entry, as above)."""
+    torch_cls, kwargs, ours_cls, load = TORCH_REFERENCE[name]
+    T, B, I, H, D, tol = 20, 4, 6, 8, 2 if bidirectional else 1, 1e-5
+    ref = torch_cls(I, H, num_layers=2, bidirectional=bidirectional, **kwargs)
+    ours = [ours_cls(SPECS[name], I if k == 0 else H * D, H, bidirectional) for k in range(2)]
+    for k, layer in enumerate(ours):
+        load(layer, ref.state_dict(), index=k)
+    x1 = torch.randn(T, B, I, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    y1, h1 = ref(x1)
+    mid, h2_first = ours[0](x2)
+    y2, h2_second = ours[1](mid)
+    torch.testing.assert_close(y2, y1, atol=tol, rtol=tol)
+    torch.testing.assert_close(torch.cat([h2_first, h2_second]), h1, atol=tol, rtol=tol)  # (layers*D, B, H)
+    g = torch.randn_like(y1)
+    ((y1 * g).sum() + h1.sum()).backward()
+    ((y2 * g).sum() + h2_first.sum() + h2_second.sum()).backward()
+    torch.testing.assert_close(x2.grad, x1.grad, atol=tol, rtol=tol)
+
+    def close_to_scale(a, b, msg):
+        torch.testing.assert_close(a, b, atol=tol * max(1.0, b.abs().max().item()), rtol=tol, msg=msg)
+
+    for k, layer in enumerate(ours):
+        for sfx in ("", "_reverse") if bidirectional else ("",):
+            for w in ("weight_ih", "weight_hh"):
+                close_to_scale(getattr(layer, w + sfx).grad, getattr(ref, f"{w}_l{k}{sfx}").grad, f"{w}_l{k}{sfx}")
+            for mine, theirs in zip(our_torch_bias_grads(layer, SPECS[name].family, sfx), ("bias_ih", "bias_hh")):
+                close_to_scale(mine, getattr(ref, f"{theirs}_l{k}{sfx}").grad, f"{theirs}_l{k}{sfx}")
+
+
+def test_loading_nn_gru_weights_into_the_reset_before_product_form_is_refused():
+    with pytest.raises(ValueError, match="reset_before_product"):
+        load_torch_gru_state_dict(VariantGRU(SPECS["gru+reset_before_product"], 3, 4), torch.nn.GRU(3, 4).state_dict())
+
+
+@pytest.mark.parametrize(
+    "switches, bad",
+    [
+        (dict(family="gru", peepholes=False), "variant.peepholes=False"),
+        (dict(family="gru", full_gate_recurrence=True, forget_gate=False), "variant.forget_gate=False, variant.full_gate_recurrence=True"),
+        (dict(family="rnn", block_activation="relu"), "variant.block_activation='relu'"),
+        (dict(family="rnn", reset_before_product=True), "variant.reset_before_product=True"),
+        (dict(rnn_activation="relu"), "variant.rnn_activation='relu'"),
+    ],
+    ids=["np-on-gru", "fgr+nfg-on-gru", "block-activation-on-rnn", "gru-switch-on-rnn", "rnn-switch-on-lstm"],
+)
+def test_another_familys_switches_are_refused_in_one_line(switches, bad):
+    with pytest.raises(ValueError) as info:
+        VariantSpec(**switches)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{bad} set on variant.family={switches.get('family', 'lstm')!r}")
+    # ...and it says which switches apply to which family.
+    assert "lstm: input_gate, forget_gate, output_gate, peepholes, coupled_input_forget, full_gate_recurrence" in message
+    assert "gru: reset_before_product; rnn: rnn_activation" in message
+
+
+@pytest.mark.parametrize(
+    "switches, match",
+    [(dict(family="lstm2"), "valid families: \\['lstm', 'gru', 'rnn'\\]"), (dict(family="rnn", rnn_activation="sigmoid"), "tanh', 'relu")],
+)
+def test_unknown_family_or_rnn_activation_lists_the_valid_ones(switches, match):
+    with pytest.raises(ValueError, match=match):
+        VariantSpec(**switches)
+
+
+def test_a_layer_refuses_another_familys_spec():
+    with pytest.raises(ValueError, match="VariantGRU builds variant.family='gru', got 'lstm'"):
+        VariantGRU(preset("vanilla"), 3, 4)
+
+
 def test_loading_torch_weights_into_peephole_variant_is_refused():
     with pytest.raises(ValueError, match="np"):
         load_torch_lstm_state_dict(VariantLSTM(preset("vanilla"), 3, 4), torch.nn.LSTM(3, 4).state_dict())
@@ -239,16 +391,18 @@ def test_cifg_forget_gate_is_one_minus_input_gate():
 
 @pytest.mark.parametrize("name", ALL)
 def test_bidirectional_reverse_direction_reads_each_sequence_backwards(name):
-    layer = VariantLSTM(preset(name), 3, 4, bidirectional=True).double()
+    layer = variant_layer(preset(name), 3, 4, bidirectional=True).double()
     x = torch.randn(6, 2, 3, dtype=torch.double)
     lengths = torch.tensor([6, 4])
-    out, (h, c) = layer(x, lengths)
+    result = layer(x, lengths)
+    out, h = result[0], final_states(result)[0]
     for b, n in enumerate(lengths.tolist()):
         rev = x[:n, b : b + 1].flip(0)
-        yr, _ = layer._direction(rev, "_reverse")
+        yr = layer._direction(rev, "_reverse")[0]
         torch.testing.assert_close(out[:n, b, 4:], yr[:, 0].flip(0))
-        fw, _ = layer._direction(x[:n, b : b + 1], "")
+        fw = layer._direction(x[:n, b : b + 1], "")[0]
         torch.testing.assert_close(h[0, b], fw[-1, 0])  # final forward state at the true length
+        torch.testing.assert_close(h[1, b], yr[-1, 0])  # and the reverse one, after reading x_0
 
 
 def test_fgr_gate_recurrence_is_zero_at_first_step_and_matters_later():
@@ -290,6 +444,9 @@ def test_unknown_preset_lists_valid_ones():
         (VariantSpec(peepholes=False, coupled_input_forget=True), "np+cifg"),
         (VariantSpec(output_activation="relu"), "output_activation=relu"),
         (dataclasses.replace(preset("lstm1997"), name=None), "lstm1997"),
+        (VariantSpec(family="gru"), "gru"),
+        (VariantSpec(family="gru", reset_before_product=True), "gru+reset_before_product=True"),
+        (VariantSpec(family="rnn", rnn_activation="relu"), "rnn+rnn_activation=relu"),
     ],
 )
 def test_labels(spec, label):
@@ -319,12 +476,12 @@ def test_activation_backward_rule_matches_autograd(name):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", list(SPECS))
 def test_cuda_matches_cpu(name):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device on this machine")
-    cpu = VariantLSTM(preset(name), 5, 6, bidirectional=True).double()
-    gpu = VariantLSTM(preset(name), 5, 6, bidirectional=True).double().cuda()
+    cpu = variant_layer(SPECS[name], 5, 6, bidirectional=True).double()
+    gpu = variant_layer(SPECS[name], 5, 6, bidirectional=True).double().cuda()
     gpu.load_state_dict(cpu.state_dict())
     x = torch.randn(7, 3, 5, dtype=torch.double)
     lengths = torch.tensor([7, 5, 2])

@@ -58,3 +58,42 @@ def test_a_config_folder_without_config_groups_fails_clearly(monkeypatch, tmp_pa
     monkeypatch.setenv("ODYSSEY_CONFIG_PATH", str(tmp_path))
     with pytest.raises(ConfigError, match=f"{tmp_path} has none of the config group folders experiment/, variant/"):
         compose("train", [])
+
+
+@pytest.mark.parametrize("name, family", [("gru", "gru"), ("rnn", "rnn"), ("vanilla", "lstm")])
+def test_reference_cell_files_compose_and_record_only_their_own_switches(name, family):
+    cfg = trial_config(compose("train", [f"variant={name}"]))
+    assert (cfg.variant.family, cfg.variant.label()) == (family, name)
+    recorded = {k for k in cfg.flat_params() if k.startswith("variant.")}
+    lstm_switches = {"variant.input_gate", "variant.forget_gate", "variant.output_gate", "variant.peepholes",
+                     "variant.coupled_input_forget", "variant.full_gate_recurrence", "variant.block_activation",
+                     "variant.output_activation"}  # fmt: skip
+    own = {"lstm": lstm_switches, "gru": {"variant.reset_before_product"}, "rnn": {"variant.rnn_activation"}}[family]
+    assert recorded == {"variant.name", "variant.family"} | own
+
+
+def test_reference_cell_switches_override_and_lstm_switches_on_them_fail_at_compose_time():
+    from odyssey.errors import ConfigError
+
+    spec = trial_config(compose("train", ["variant=rnn", "variant.rnn_activation=relu"])).variant
+    assert (spec.rnn_activation, spec.label()) == ("relu", "rnn+rnn_activation=relu")
+    with pytest.raises(ConfigError) as info:
+        trial_config(compose("train", ["variant=[np,gru]"]))
+    assert "\n" not in str(info.value)
+    assert str(info.value).startswith("variant.peepholes=False set on variant.family='gru'; switches per family: lstm: ")
+
+
+def test_a_study_compares_lstm_variants_gru_and_rnn(tmp_path):
+    from odyssey.sweep.study import load_sweep
+
+    sweep = load_sweep(["study.variants=[vanilla,cifg,gru,rnn]", "study.tasks=[adding]"], cwd=tmp_path)
+    assert [(p.variant, p.base.variant.family, p.base.variant.label()) for p in sweep.searches] == [
+        ("vanilla", "lstm", "vanilla"), ("cifg", "lstm", "cifg"), ("gru", "gru", "gru"), ("rnn", "rnn", "rnn"),
+    ]  # fmt: skip
+
+
+def test_the_longlag_study_includes_the_simple_rnn(tmp_path):
+    from odyssey.sweep.study import load_sweep
+
+    sweep = load_sweep(["experiment=longlag_1997", "study.tasks=[adding]"], cwd=tmp_path)
+    assert [p.variant for p in sweep.searches] == ["lstm1997", "vanilla", "nfg", "cifg", "rnn"]

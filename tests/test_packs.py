@@ -23,7 +23,7 @@ from odyssey.train import train_trial
 
 from test_jsb import JSB_DIR
 
-PRESETS = ["vanilla", "nig", "nfg", "nog", "niaf", "noaf", "np", "cifg", "fgr", "lstm1997"]
+PRESETS = ["vanilla", "nig", "nfg", "nog", "niaf", "noaf", "np", "cifg", "fgr", "lstm1997", "gru", "rnn"]
 SMALL = ["task.length=10", "task.num_train=24", "task.num_valid=12", "task.num_test=12"]
 
 # Members that differ in every searched hyperparameter and in the protocol's other knobs.
@@ -99,7 +99,7 @@ def test_packed_equals_alone_for_every_preset_float64(variant):
         assert_same_trial(alone[i], (results[i], reports[i], weights[i]), rel=1e-10)
 
 
-@pytest.mark.parametrize("variant", ["vanilla", "fgr"])
+@pytest.mark.parametrize("variant", ["vanilla", "fgr", "gru"])
 def test_packed_equals_alone_in_float32(variant):
     cfgs = member_configs(f"variant={variant}")
     task = build_task(cfgs[0].task)
@@ -118,8 +118,13 @@ def test_packed_equals_alone_in_float32(variant):
         ["model=bidirectional", "model.num_layers=2", "variant=cifg"],
         ["task=reber", "variant=vanilla"],
         ["task=temporal_order", "variant=vanilla"],
+        ["variant=gru", "variant.reset_before_product=true"],
+        ["variant=rnn", "variant.rnn_activation=relu"],
+        ["model=bidirectional", "model.num_layers=2", "variant=gru"],
+        ["model=bidirectional", "model.num_layers=2", "variant=rnn"],
     ],
-    ids=["np+cifg", "nog+noaf", "fgr+nig+np", "bidirectional-2-layers", "reber", "temporal_order"],
+    ids=["np+cifg", "nog+noaf", "fgr+nig+np", "bidirectional-2-layers", "reber", "temporal_order",
+         "gru-reset-before-product", "rnn-relu", "gru-bidirectional-2-layers", "rnn-bidirectional-2-layers"],
 )
 def test_packed_equals_alone_for_switch_combinations_shapes_and_tasks(overrides):
     cfgs = member_configs(*overrides, "train.dtype=float64", members=MEMBERS[:3])

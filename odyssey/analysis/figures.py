@@ -27,9 +27,13 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def box_plot(task: str, values: dict[str, np.ndarray], welch: pd.DataFrame, metric: str, path: Path) -> Path:
+def box_plot(
+    task: str, values: dict[str, np.ndarray], welch: pd.DataFrame, metric: str, path: Path, *, params_counts: dict[str, int] | None = None
+) -> Path:
     """Test metric per variant side by side; variants significantly different from vanilla
-    (all-trials Welch test) are marked with * and coloured (green better, red worse)."""
+    (all-trials Welch test) are marked with * and coloured (green better, red worse). With
+    ``params_counts`` (the median parameter count of each variant's trials) each label gives it:
+    a GRU or a simple RNN of the same hidden size has 3/4 or 1/4 of an LSTM's weights."""
     variants = list(values)
     sig = {}
     if not welch.empty:
@@ -40,7 +44,10 @@ def box_plot(task: str, values: dict[str, np.ndarray], welch: pd.DataFrame, metr
     for patch, v in zip(bp["boxes"], variants):
         colour = {"better": "#7fc97f", "worse": "#f0027f"}.get(sig.get(v, ""), "#bdbdbd" if v != "vanilla" else "#80b1d3")
         patch.set_facecolor(colour)
-    ax.set_xticks(range(1, len(variants) + 1), [f"{v} *" if v in sig else v for v in variants], rotation=30)
+    labels = [f"{v} *" if v in sig else v for v in variants]
+    if params_counts:
+        labels = [f"{label}\n{params_counts[v]:,} params" if v in params_counts else label for label, v in zip(labels, variants)]
+    ax.set_xticks(range(1, len(variants) + 1), labels, rotation=30)
     ax.set_ylabel(f"test {metric}")
     ax.set_title(f"{task}: test {metric} per variant\n(* Welch p < 0.05 vs vanilla, all trials)", fontsize=10)
     return _save(fig, path)

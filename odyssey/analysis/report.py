@@ -166,7 +166,10 @@ def analyze_study(
     for task, g in used.groupby("task", sort=True):
         order = sorted(set(g["variant"]), key=lambda v: (v != baseline, v))
         values = {v: g.loc[g["variant"] == v, "test"].to_numpy(dtype=float) for v in order}
-        report.figures.append(figures.box_plot(task, values, comparison, str(g["metric"].iloc[0]), out / "figures" / f"box_{_slug(task)}.png"))
+        medians = g.groupby("variant")["params_count"].median().dropna()
+        params = {v: int(n) for v, n in medians.items()}
+        path = out / "figures" / f"box_{_slug(task)}.png"
+        report.figures.append(figures.box_plot(task, values, comparison, str(g["metric"].iloc[0]), path, params_counts=params))
 
     # fANOVA per (task, variant), over the hyperparameters and the box of its search's space.
     fit = trials[fanova_mask(trials, study.spaces)]

@@ -32,9 +32,11 @@ Shapes: input (T, B, I) -> outputs (T, B, H * directions) and final state ``(h_n
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+import functools
 
+import torch
+
+from odyssey.cells.base import RecurrentLayer, torch_layer_weights
 from odyssey.cells.fused import FusedRecurrence
 from odyssey.cells.recurrence import Layout, forward_loop
 from odyssey.cells.spec import VariantSpec
@@ -42,7 +44,7 @@ from odyssey.cells.spec import VariantSpec
 __all__ = ["VariantLSTM", "load_torch_lstm_state_dict"]
 
 
-class VariantLSTM(nn.Module):
+class VariantLSTM(RecurrentLayer):
     """One LSTM layer whose structure follows from a :class:`VariantSpec`.
 
     Args:
@@ -59,42 +61,31 @@ class VariantLSTM(nn.Module):
         >>> y, (h_n, c_n) = layer(torch.randn(60, 1, 88))   # y: (60, 1, 100)
     """
 
-    def __init__(
-        self,
-        spec: VariantSpec,
-        input_size: int,
-        hidden_size: int,
-        bidirectional: bool = False,
-        *,
-        fused: bool = True,
-        init_std: float = 0.1,
-    ):
-        super().__init__()
-        if input_size < 1 or hidden_size < 1:
-            raise ValueError(f"input_size and hidden_size must be >= 1, got {input_size} and {hidden_size}")
-        self.spec = spec
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.bidirectional = bidirectional
-        self.fused = fused
-        self.layout = Layout.of(spec, hidden_size)
-        H, G, P, K = hidden_size, len(spec.blocks), len(spec.peephole_gates), len(spec.gates)
-        for sfx in self._suffixes():
-            self.register_parameter("weight_ih" + sfx, nn.Parameter(torch.empty(G * H, input_size)))
-            self.register_parameter("weight_hh" + sfx, nn.Parameter(torch.empty(G * H, H)))
-            self.register_parameter("bias" + sfx, nn.Parameter(torch.empty(G * H)))
-            if P:
-                self.register_parameter("peephole" + sfx, nn.Parameter(torch.empty(P, H)))
-            if spec.full_gate_recurrence:
-                self.register_parameter("weight_gate_hh" + sfx, nn.Parameter(torch.empty(K * H, K * H)))
-        self.reset_parameters(init_std)
+    family = "lstm"
 
-    def _suffixes(self) -> tuple[str, ...]:
-        return ("", "_reverse") if self.bidirectional else ("",)
+    @property
+    def layout(self) -> Layout:
+        """The structure of this variant's step (fixed by the spec and H; built once per pair)."""
+        return _layout(self.spec, self.hidden_size)
 
-    def reset_parameters(self, std: float = 0.1) -> None:
-        for p in self.parameters():
-            nn.init.normal_(p, 0.0, std)
+    def parameter_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        spec, H, I = self.spec, self.hidden_size, self.input_size
+        G, P, K = len(spec.blocks), len(spec.peephole_gates), len(spec.gates)
+        shapes = [("weight_ih", (G * H, I)), ("weight_hh", (G * H, H)), ("bias", (G * H,))]
+        if P:
+            shapes.append(("peephole", (P, H)))
+        if spec.full_gate_recurrence:
+            shapes.append(("weight_gate_hh", (K * H, K * H)))
+        return shapes
+
+    @staticmethod
+    def members_forward(spec: VariantSpec, x: torch.Tensor, weights: dict[str, torch.Tensor], active=None) -> torch.Tensor:
+        """M layers' outputs at once: x (M, T, B, I), ``weights`` by base name each (M, ...) -> (M, T, B, H).
+        ``active``: see :class:`~odyssey.cells.fused.FusedRecurrence` (a trial pack's members)."""
+        lay = _layout(spec, weights["weight_hh"].shape[-1])
+        get = weights.get
+        Y, _ = FusedRecurrence.apply(lay, x, get("weight_ih"), get("bias"), get("weight_hh"), get("peephole"), get("weight_gate_hh"), active)
+        return Y
 
     def _direction(self, x: torch.Tensor, sfx: str) -> tuple[torch.Tensor, torch.Tensor]:
         w_ih, bias, w_hh = (getattr(self, name + sfx) for name in ("weight_ih", "bias", "weight_hh"))
@@ -115,33 +106,13 @@ class VariantLSTM(nn.Module):
 
         Returns: outputs (T, B, H*directions), (h_n, c_n) each (directions, B, H).
         """
-        if x.dim() != 3 or x.shape[-1] != self.input_size:
-            raise ValueError(f"expected input (T, B, {self.input_size}), got {tuple(x.shape)}")
-        T, B, _ = x.shape
-        last = (lengths.to(x.device) - 1) if lengths is not None else torch.full((B,), T - 1, device=x.device)
-        batch_idx = torch.arange(B, device=x.device)
-        Y, C = self._direction(x, "")
-        outs, hs, cs = [Y], [Y[last, batch_idx]], [C[last, batch_idx]]
-        if self.bidirectional:
-            rev = _reverse_index(T, last)  # (T, B): reverses each sequence within its length
-            xr = x.gather(0, rev.unsqueeze(-1).expand_as(x))
-            Yr, Cr = self._direction(xr, "_reverse")
-            outs.append(Yr.gather(0, rev.unsqueeze(-1).expand_as(Yr)))
-            hs.append(Yr[last, batch_idx])
-            cs.append(Cr[last, batch_idx])
-        return torch.cat(outs, dim=-1), (torch.stack(hs), torch.stack(cs))
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.spec.label()}, input_size={self.input_size}, hidden_size={self.hidden_size}, "
-            f"bidirectional={self.bidirectional}, fused={self.fused}"
-        )
+        out, (h_n, c_n) = self._run(x, lengths)
+        return out, (h_n, c_n)
 
 
-def _reverse_index(T: int, last: torch.Tensor) -> torch.Tensor:
-    """(T, B) time indices that reverse steps 0..last[b] of each sequence and keep the padding."""
-    t = torch.arange(T, device=last.device).unsqueeze(1)  # (T, 1)
-    return torch.where(t <= last, last - t, t)
+@functools.lru_cache(maxsize=64)
+def _layout(spec: VariantSpec, hidden_size: int) -> Layout:
+    return Layout.of(spec, hidden_size)
 
 
 def load_torch_lstm_state_dict(layer: VariantLSTM, state_dict: dict[str, torch.Tensor]) -> None:
@@ -161,11 +132,8 @@ def load_torch_lstm_state_dict(layer: VariantLSTM, state_dict: dict[str, torch.T
         raise ValueError("torch.nn.LSTM uses g = h = tanh")
     with torch.no_grad():
         for sfx in layer._suffixes():
-            try:
-                w_ih, w_hh = state_dict[f"weight_ih_l0{sfx}"], state_dict[f"weight_hh_l0{sfx}"]
-                b = state_dict[f"bias_ih_l0{sfx}"] + state_dict[f"bias_hh_l0{sfx}"]
-            except KeyError as exc:
-                raise ValueError(f"state dict lacks {exc.args[0]!r}; keys: {sorted(state_dict)}") from None
+            w_ih, w_hh, b_ih, b_hh = torch_layer_weights(state_dict, 0, sfx)
+            b = b_ih + b_hh
             getattr(layer, "weight_ih" + sfx).copy_(w_ih)
             getattr(layer, "weight_hh" + sfx).copy_(w_hh)
             getattr(layer, "bias" + sfx).copy_(b)

@@ -1,7 +1,13 @@
-"""Variant specs: an LSTM variant is a small frozen set of orthogonal switches.
+"""Variant specs: a variant is a small frozen set of orthogonal switches.
 
-The presets are vanilla LSTM and the eight variants of Greff et al. (2017), plus the original
-LSTM of Hochreiter & Schmidhuber (1997):
+A spec names its cell ``family``: ``lstm`` (the default, every switch below), or one of the two
+reference cells beside it, ``gru`` (Cho et al. 2014, PyTorch's ``nn.GRU`` equations; see
+:mod:`odyssey.cells.gru`) and ``rnn`` (the simple Elman RNN; see :mod:`odyssey.cells.rnn`). Each
+switch belongs to one family (:data:`FAMILY_SWITCHES`); another family's switch set away from
+its default is refused.
+
+The LSTM presets are vanilla LSTM and the eight variants of Greff et al. (2017), plus the
+original LSTM of Hochreiter & Schmidhuber (1997):
 
 =========  ==================================================================
 preset     difference from ``vanilla`` (all gates, peepholes, g = h = tanh)
@@ -17,6 +23,9 @@ fgr        full gate recurrence (each gate sees all gates' previous activations)
 lstm1997   no forget gate, no peepholes, g = 4 sigma - 2, h = 2 sigma - 1
 =========  ==================================================================
 
+and the reference cells ``gru`` (``family=gru``, ``nn.GRU``'s reset-after-product form) and
+``rnn`` (``family=rnn``, h = tanh(W x + R h' + b)).
+
 Any other combination of switches is allowed as long as it makes sense; :meth:`VariantSpec.validate`
 says why one does not.
 """
@@ -29,14 +38,30 @@ from typing import Any, Mapping
 
 from odyssey.cells.activations import ACTIVATIONS
 
-__all__ = ["PRESETS", "VariantSpec", "preset", "variant_from_mapping"]
+__all__ = ["FAMILIES", "FAMILY_SWITCHES", "PRESETS", "RNN_ACTIVATIONS", "VariantSpec", "preset", "variant_from_mapping"]
+
+FAMILIES = ("lstm", "gru", "rnn")
+RNN_ACTIVATIONS = ("tanh", "relu")  # nn.RNN's nonlinearity choices
+# Which switches apply to which family (``family`` and ``name`` apply to all).
+FAMILY_SWITCHES: dict[str, tuple[str, ...]] = {
+    "lstm": (
+        "input_gate", "forget_gate", "output_gate", "peepholes", "coupled_input_forget",
+        "full_gate_recurrence", "block_activation", "output_activation",
+    ),
+    "gru": ("reset_before_product",),
+    "rnn": ("rnn_activation",),
+}  # fmt: skip
+# Row blocks of weight_ih/weight_hh/bias of the reference cells (the LSTM's follow its switches).
+_BLOCKS = {"gru": ("r", "u", "n"), "rnn": ("h",)}
 
 
 @dataclass(frozen=True)
 class VariantSpec:
-    """The switches that define an LSTM variant. Defaults are vanilla LSTM.
+    """The switches that define a variant. Defaults are vanilla LSTM.
 
     Attributes:
+        family: the cell: ``lstm`` | ``gru`` | ``rnn``. The switches below apply to one family
+            each (:data:`FAMILY_SWITCHES`); the others must keep their defaults.
         input_gate: i is computed; otherwise i = 1.
         forget_gate: f exists; otherwise f = 1 (the cell never forgets).
         output_gate: o is computed; otherwise o = 1.
@@ -46,9 +71,14 @@ class VariantSpec:
             activations of all gates (i, f, o) through ``weight_gate_hh``.
         block_activation: g, applied to the block input z.
         output_activation: h, applied to the cell state before the output gate.
+        reset_before_product: GRU only: the original form of Cho et al. (2014),
+            n = tanh(W_n x + R_n (r * h') + b_n), instead of nn.GRU's n = tanh(W_n x + b_in +
+            r * (R_n h' + b_hn)) (which needs the extra bias b_hn).
+        rnn_activation: RNN only: h = act(W x + R h' + b), ``tanh`` or ``relu`` (as ``nn.RNN``).
         name: an optional label; by default :meth:`label` derives one from the switches.
     """
 
+    family: str = "lstm"
     input_gate: bool = True
     forget_gate: bool = True
     output_gate: bool = True
@@ -57,6 +87,8 @@ class VariantSpec:
     full_gate_recurrence: bool = False
     block_activation: str = "tanh"
     output_activation: str = "tanh"
+    reset_before_product: bool = False
+    rnn_activation: str = "tanh"
     name: str | None = None
 
     def __post_init__(self) -> None:
@@ -64,6 +96,24 @@ class VariantSpec:
 
     def validate(self) -> None:
         """Raise ValueError (naming the switches and why) for a combination that makes no sense."""
+        if self.family not in FAMILIES:
+            raise ValueError(f"variant.family={self.family!r} is unknown; valid families: {list(FAMILIES)}")
+        defaults = VariantSpec.__dataclass_fields__
+        foreign = [
+            f"variant.{k}={getattr(self, k)!r}"
+            for fam, keys in FAMILY_SWITCHES.items() if fam != self.family
+            for k in keys if getattr(self, k) != defaults[k].default
+        ]  # fmt: skip
+        if foreign:
+            applies = "; ".join(f"{fam}: {', '.join(keys)}" for fam, keys in FAMILY_SWITCHES.items())
+            raise ValueError(
+                f"{', '.join(foreign)} set on variant.family={self.family!r}; "
+                f"switches per family: {applies} (another family's switches keep their defaults)"
+            )
+        if self.rnn_activation not in RNN_ACTIVATIONS:
+            raise ValueError(f"variant.rnn_activation={self.rnn_activation!r} is unknown; valid: {list(RNN_ACTIVATIONS)}")
+        if self.family != "lstm":
+            return
         for key in ("block_activation", "output_activation"):
             value = getattr(self, key)
             if value not in ACTIVATIONS:
@@ -89,13 +139,18 @@ class VariantSpec:
     # Which gates have weights of their own, in the parameter layout's order.
     @property
     def gates(self) -> tuple[str, ...]:
-        """Gates with weights of their own among ('i', 'f', 'o'), in that order."""
+        """LSTM gates with weights of their own among ('i', 'f', 'o'), in that order (none for GRU/RNN)."""
+        if self.family != "lstm":
+            return ()
         own_f = self.forget_gate and not self.coupled_input_forget
         return tuple(g for g, on in (("i", self.input_gate), ("f", own_f), ("o", self.output_gate)) if on)
 
     @property
     def blocks(self) -> tuple[str, ...]:
-        """Row blocks of ``weight_ih``/``weight_hh``/``bias``: the gates present and g, ordered i, f, g, o."""
+        """Row blocks of ``weight_ih``/``weight_hh``/``bias``: for an LSTM the gates present and g,
+        ordered i, f, g, o; for a GRU r, u, n; for an RNN h."""
+        if self.family != "lstm":
+            return _BLOCKS[self.family]
         return tuple(b for b in ("i", "f", "g", "o") if b == "g" or b in self.gates)
 
     @property
@@ -103,23 +158,34 @@ class VariantSpec:
         """Rows of ``peephole``: the gates among (i, f, o) that have a peephole."""
         return self.gates if self.peepholes else ()
 
+    @property
+    def extra_bias(self) -> bool:
+        """The GRU's b_hn, which nn.GRU's form needs inside r * (R_n h' + b_hn)."""
+        return self.family == "gru" and not self.reset_before_product
+
     def num_parameters(self, input_size: int, hidden_size: int) -> int:
-        """Exactly the parameters the equations need: G*H*(I + H + 1) + P*H (+ (K*H)^2 for FGR)."""
+        """Exactly the parameters the equations need: G*H*(I + H + 1) + P*H (+ (K*H)^2 for FGR;
+        + H for nn.GRU's b_hn). GRU: G = 3; RNN: G = 1."""
         g, p, k = len(self.blocks), len(self.peephole_gates), len(self.gates)
         n = g * hidden_size * (input_size + hidden_size + 1) + p * hidden_size
+        if self.extra_bias:
+            n += hidden_size
         if self.full_gate_recurrence:
             n += (k * hidden_size) ** 2
         return n
 
     def label(self) -> str:
         """The preset name if the switches match one, else the presets it combines (``np+cifg``),
-        else ``custom``."""
+        else the family and its switches (``gru+reset_before_product=True``)."""
         if self.name:
             return self.name
         switches = self.switches()
         for name, spec in PRESETS.items():
             if spec.switches() == switches:
                 return name
+        if self.family != "lstm":
+            base = PRESETS[self.family].switches()
+            return "+".join([self.family] + [f"{k}={v}" for k, v in switches.items() if base[k] != v])
         vanilla = PRESETS["vanilla"].switches()
         diff = {k: v for k, v in switches.items() if vanilla[k] != v}
         parts = []
@@ -133,10 +199,9 @@ class VariantSpec:
         return "+".join(parts) if parts else "vanilla"
 
     def switches(self) -> dict[str, Any]:
-        """The switches without the label."""
-        d = dataclasses.asdict(self)
-        d.pop("name")
-        return d
+        """The family and the switches that apply to it, without the label: what defines the cell
+        (and what a run records as ``variant.*`` params)."""
+        return {"family": self.family, **{k: getattr(self, k) for k in FAMILY_SWITCHES[self.family]}}
 
 
 PRESETS: dict[str, VariantSpec] = {
@@ -152,6 +217,8 @@ PRESETS: dict[str, VariantSpec] = {
     "lstm1997": VariantSpec(
         forget_gate=False, peepholes=False, block_activation="sigmoid4", output_activation="sigmoid2"
     ),
+    "gru": VariantSpec(family="gru"),
+    "rnn": VariantSpec(family="rnn"),
 }
 
 
@@ -170,7 +237,7 @@ def variant_from_mapping(mapping: Mapping[str, Any]) -> VariantSpec:
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in 'variant'; valid keys: {sorted(fields)}")
     for key, value in mapping.items():
-        if key in ("block_activation", "output_activation"):
+        if key in ("family", "block_activation", "output_activation", "rnn_activation"):
             ok = isinstance(value, str)
         elif key == "name":
             ok = value is None or isinstance(value, str)

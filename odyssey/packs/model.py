@@ -4,7 +4,8 @@ member axis, padded to the largest hidden size, run as one model.
 Stacking (HFTA's horizontal fusion, FlashRNN's many small LSTMs in one kernel): every parameter of
 a member's ``SequenceModel`` (same variant, task, layers and direction; any hidden size H_m)
 becomes one slice of a tensor ``(M, *shape with H_max)``. Each time step is then one batched
-product for all members (:class:`~odyssey.cells.fused.FusedRecurrence` with M > 1), and the input
+product for all members (the family's ``members_forward``: for LSTMs
+:class:`~odyssey.cells.fused.FusedRecurrence` with M > 1), and the input
 projection of all members and steps one batched GEMM.
 
 Exact masking of different hidden sizes: a member's padded units (j >= H_m) have all-zero
@@ -13,7 +14,10 @@ every block activation (tanh, identity, 4 sigma - 2), c = 0 and y = h(0) * o = 0
 feed nothing forward (their columns are zero) and receive no gradient except through FGR's
 gate-activation columns (sigma(0) = 1/2 != 0): :meth:`PackedSequenceModel.mask_gradients` zeroes
 every padded entry of every gradient, so padded weights stay exactly zero through training and a
-member computes the same function as alone. Shapes per member follow ``odyssey/cells/layer.py``.
+member computes the same function as alone. The reference cells pad the same way: a GRU's padded
+units have r = u = sigma(0) = 1/2 and n = tanh(0 + r * 0) = 0, so h = n/2 + h'/2 stays 0 from
+h = 0; an RNN's h = tanh(0) = relu(0) = 0. Shapes per member follow ``odyssey/cells/layer.py``
+(``gru.py``, ``rnn.py``).
 """
 
 from __future__ import annotations
@@ -23,14 +27,12 @@ from typing import Sequence
 
 import torch
 
-from odyssey.cells import VariantSpec
-from odyssey.cells.fused import FusedRecurrence
-from odyssey.cells.layer import _reverse_index
-from odyssey.cells.recurrence import Layout
+from odyssey.cells import LAYERS, VariantSpec
+from odyssey.cells.base import reverse_index
 
 __all__ = ["PackedSequenceModel", "param_dims"]
 
-_LAYER_KEY = re.compile(r"layers\.(\d+)\.(weight_ih|weight_hh|bias|peephole|weight_gate_hh)(_reverse)?$")
+_LAYER_KEY = re.compile(r"layers\.(\d+)\.(weight_ih|weight_hh|bias|bias_hn|peephole|weight_gate_hh)(_reverse)?$")
 
 
 def param_dims(key: str, spec: VariantSpec, *, input_size: int, output_size: int, directions: int) -> list[tuple[int, bool]]:
@@ -50,6 +52,7 @@ def param_dims(key: str, spec: VariantSpec, *, input_size: int, output_size: int
         "weight_ih": [(G, True), inputs],
         "weight_hh": [(G, True), (1, True)],
         "bias": [(G, True)],
+        "bias_hn": [(1, True)],
         "peephole": [(P, False), (1, True)],
         "weight_gate_hh": [(K, True), (K, True)],
     }[name]
@@ -111,8 +114,14 @@ class PackedSequenceModel:
         self.directions = 2 if bidirectional else 1
         self.hidden_sizes = list(hidden_sizes)
         self.H = max(self.hidden_sizes)
-        self.layout = Layout.of(spec, self.H)
+        self.members_forward = LAYERS[spec.family].members_forward
         self.keys = list(states[0])
+        # (layer, direction suffix) -> {parameter's base name: its key}: what members_forward takes.
+        self._direction_keys: dict[tuple[int, str], dict[str, str]] = {}
+        for key in self.keys:
+            match = _LAYER_KEY.match(key)
+            if match:
+                self._direction_keys.setdefault((int(match.group(1)), match.group(3) or ""), {})[match.group(2)] = key
         self.dims = {k: self._dims(k) for k in self.keys}
         self.params = {k: self.stack([s[k] for s in states], k, device=device, dtype=dtype).requires_grad_() for k in self.keys}
         self.masks = None
@@ -187,7 +196,7 @@ class PackedSequenceModel:
         for k in range(self.num_layers):
             outs = [self._direction(params, x, k, "", active)]
             if self.bidirectional:
-                rev = _reverse_index(T, last)  # (M, T, B): reverses each sequence within its length
+                rev = reverse_index(T, last)  # (M, T, B): reverses each sequence within its length
                 xr = x.gather(1, rev.unsqueeze(-1).expand(*rev.shape, x.shape[-1]))
                 yr = self._direction(params, xr, k, "_reverse", active)
                 outs.append(yr.gather(1, rev.unsqueeze(-1).expand_as(yr)))
@@ -197,8 +206,5 @@ class PackedSequenceModel:
         return out.view(M, T, B, -1)
 
     def _direction(self, params: dict[str, torch.Tensor], x: torch.Tensor, layer: int, sfx: str, active) -> torch.Tensor:
-        get = lambda name: params.get(f"layers.{layer}.{name}{sfx}")  # noqa: E731
-        Y, _ = FusedRecurrence.apply(
-            self.layout, x, get("weight_ih"), get("bias"), get("weight_hh"), get("peephole"), get("weight_gate_hh"), active
-        )
-        return Y  # (M, T, B, H)
+        weights = {name: params[key] for name, key in self._direction_keys[layer, sfx].items()}
+        return self.members_forward(self.spec, x, weights, active)  # (M, T, B, H)

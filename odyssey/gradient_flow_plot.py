@@ -1,0 +1,153 @@
+"""``odyssey plot gradient-flow``: the vanishing gradient of chosen variants on a task, as a PNG.
+
+    odyssey plot gradient-flow --variants rnn,vanilla,lstm1997 task=adding task.length=100 \\
+        --train-epochs 2 --out gradient_flow.png
+
+One line per variant and stage (solid: at initialisation; dashed: after ``--train-epochs`` epochs
+of ``odyssey train``'s protocol): the mean over validation sequences of ||d loss / d x_t||
+against the lag T - t, on a log scale (an exponential decay is a straight line). The PNG is
+also logged to MLflow (one run in ``tracking.experiment``, with the curves as metrics
+``grad_norm/<variant>/<stage>`` stepped by lag) unless ``tracking.enabled=false``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from odyssey.config import TRAIN_GROUPS, TrackingConfig, compose, groups_help, trial_config, typed
+from odyssey.errors import ConfigError, ServiceError
+
+__all__ = ["main", "plot_gradient_flow"]
+
+DEFAULT_VARIANTS = ["rnn", "vanilla", "lstm1997"]
+
+
+def plot_gradient_flow(curves, path: Path, *, title: str) -> Path:
+    """Draw :class:`~odyssey.gradient_flow.GradientCurve` s (norm against lag, log y) into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = {}
+    for c in curves:
+        colour = colours.setdefault(c.variant, f"C{len(colours)}")
+        norms = c.norms.numpy()
+        lags = range(len(norms))
+        positive = norms > 0  # a gradient that underflowed to 0 has no place on a log axis
+        ax.semilogy([k for k, p in zip(lags, positive) if p], norms[positive], color=colour,
+                    linestyle="-" if c.stage == "initialisation" else "--",
+                    label=f"{c.variant} ({c.params_count} params), {c.stage}")  # fmt: skip
+    ax.set_xlabel("lag T - t (steps before the scored last step)")
+    ax.set_ylabel("mean ||d loss / d x_t||")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.strip("[]").split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected variant names such as rnn,vanilla; got {text!r}")
+    return names
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="odyssey plot gradient-flow",
+        description="Norm of d loss / d x_t against the lag T - t (log scale) for chosen variants on a task, "
+        "at initialisation and after a short training; writes a PNG and logs it to MLflow.",
+        epilog="KEY=VALUE: Hydra overrides of conf/train.yaml applied to every variant (task=..., task.length=..., "
+        "model.*, train.*, seed, tracking.*; tracking.enabled=false: no MLflow).\n" + groups_help(TRAIN_GROUPS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--variants", type=_names, default=DEFAULT_VARIANTS, metavar="A,B,...",
+                        help=f"variants (conf/variant names, comma-separated), one curve each (default: {','.join(DEFAULT_VARIANTS)})")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=Path("gradient_flow.png"), help="the PNG (default: gradient_flow.png)")
+    parser.add_argument("--train-epochs", type=int, default=0, metavar="N", help="also measure after N epochs of training (default: 0)")
+    parser.add_argument("--sequences", type=int, default=32, metavar="N", help="validation sequences averaged over (default: 32)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    """``odyssey plot WHAT ...``: the only figure so far is ``gradient-flow``."""
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: odyssey plot gradient-flow [--variants A,B,...] [--out FILE] [--train-epochs N] [KEY=VALUE ...]\n"
+              "  figures: gradient-flow (see `odyssey plot gradient-flow --help`)")  # fmt: skip
+        return 0
+    if argv[0] != "gradient-flow":
+        print(f"odyssey plot: unknown figure {argv[0]!r}; valid figures: gradient-flow", file=sys.stderr)
+        return 2
+    args = _parser().parse_intermixed_args(argv[1:])
+    if args.train_epochs < 0 or args.sequences < 1:
+        raise ConfigError(f"--train-epochs={args.train_epochs} / --sequences={args.sequences} is invalid: expected N >= 0 / N >= 1")
+    if any(o.split("=", 1)[0].lstrip("+~") == "variant" for o in args.overrides):
+        raise ConfigError("variant=... is invalid here: name the variants with --variants rnn,vanilla "
+                          "(variant=[a,b] would combine a and b into one variant)")  # fmt: skip
+    return run(args.variants, args.overrides, out=args.out, train_epochs=args.train_epochs, sequences=args.sequences)
+
+
+def run(variants: Sequence[str], overrides: Sequence[str], *, out: Path, train_epochs: int, sequences: int) -> int:
+    from odyssey.gradient_flow import gradient_flow
+    from odyssey.tasks import build_task
+
+    configs = [trial_config(compose("train", [*overrides, f"variant={v}"])) for v in variants]
+    tracking = typed(compose("train", list(overrides)).get("tracking"), TrackingConfig, "tracking")
+    task = build_task(configs[0].task)
+    curves = []
+    for cfg in configs:
+        print(f"gradient flow: {cfg.variant.label()} on {cfg.task.name}", file=sys.stderr, flush=True)
+        curves += gradient_flow(cfg, task, train_epochs=train_epochs, sequences=sequences)
+    t = configs[0].task
+    title = f"gradient flow on {t.name}" + (f" (T >= {t.length})" if hasattr(t, "length") else "")
+    plot_gradient_flow(curves, out, title=title)
+    print(f"wrote {out}")
+    if tracking.enabled:
+        _log_to_mlflow(tracking, curves, out, variants=variants, task=t.name, train_epochs=train_epochs)
+    return 0
+
+
+def _metric_key(curve) -> str:
+    """``grad_norm/<variant>/init`` or ``.../trained`` (characters MLflow refuses in a key become _)."""
+    variant = re.sub(r"[^\w.-]", "_", curve.variant)
+    return f"grad_norm/{variant}/{'init' if curve.stage == 'initialisation' else 'trained'}"
+
+
+def _log_to_mlflow(tracking: TrackingConfig, curves, png: Path, *, variants, task: str, train_epochs: int) -> None:
+    """One run (role ``plot``) in ``tracking.experiment``: the PNG, the curves as metrics, the inputs as params."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from odyssey.tracking import TAG_ROLE, TAG_TASK, get_or_create_experiment
+
+    uri = tracking.resolved_uri(Path.cwd())
+    try:
+        client = MlflowClient(uri)
+        run = client.create_run(get_or_create_experiment(client, tracking.experiment), run_name=f"gradient-flow-{task}",
+                                tags={TAG_ROLE: "plot", TAG_TASK: task})  # fmt: skip
+        run_id = run.info.run_id
+        params = [Param("variants", ",".join(variants)), Param("task", task), Param("train_epochs", str(train_epochs))]
+        metrics = [
+            Metric(_metric_key(c), float(v), 0, k)
+            for c in curves for k, v in enumerate(c.norms.tolist()) if v > 0
+        ]  # fmt: skip
+        client.log_batch(run_id, params=params)
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[i : i + 1000])
+        client.log_artifact(run_id, str(png))
+        client.set_terminated(run_id)
+    except Exception as exc:  # connection refused, bad URI, server error
+        raise ServiceError(f"cannot log the plot to MLflow at {uri!r}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
+    print(f"MLflow: run {run_id} in experiment {tracking.experiment!r} at {uri}", file=sys.stderr)
