@@ -20,6 +20,7 @@ normalisation (train-set mean and std per column) is the task's, not done here.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -64,6 +65,13 @@ def frame_centres(num_samples: int, rate: int, settings: MFCCSettings = MFCCSett
     return np.arange(num_frames(num_samples, rate, settings), dtype=np.int64) * hop + win // 2
 
 
+@functools.lru_cache(maxsize=8)
+def _mel_filters(rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    import librosa
+
+    return librosa.filters.mel(sr=rate, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=rate / 2, htk=True)
+
+
 def mfcc_features(samples: np.ndarray, rate: int, settings: MFCCSettings = MFCCSettings()) -> np.ndarray:
     """(T, 39) features of int16 (or float in [-1, 1]) samples (N,); see the module docstring."""
     import librosa
@@ -80,7 +88,7 @@ def mfcc_features(samples: np.ndarray, rate: int, settings: MFCCSettings = MFCCS
     windowed = frames * np.hamming(win)  # symmetric Hamming
     log_energy = np.log(np.maximum((windowed**2).sum(axis=1), 1e-10))  # (T,)
     power = np.abs(np.fft.rfft(windowed, n=settings.n_fft, axis=1)) ** 2  # (T, n_fft/2 + 1)
-    mel = librosa.filters.mel(sr=rate, n_fft=settings.n_fft, n_mels=settings.n_mels, fmin=0.0, fmax=rate / 2, htk=True)
+    mel = _mel_filters(rate, settings.n_fft, settings.n_mels)  # (n_mels, n_fft/2 + 1)
     log_mel = np.log(np.maximum(power @ mel.T, 1e-10))  # (T, n_mels)
     ceps = librosa.feature.mfcc(S=log_mel.T, n_mfcc=settings.n_mfcc + 1, dct_type=2, norm="ortho")[1:]  # (12, T)
     static = np.vstack([ceps, log_energy[None]])  # (13, T)
