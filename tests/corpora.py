@@ -135,7 +135,8 @@ def write_form(directory: Path, form: str, lines: list[str], *, strokes: int | N
 
 
 IAM_FORMS = {
-    "train": {"a01-000u": ["A MOVE to stop", "Mr. Gaitskell"], "a01-001w": ["from nominating", "any more"]},
+    "train": {"a01-000u": ["A MOVE to stop", "Mr. Gaitskell"], "a01-001w": ["from nominating", "any more"],
+              "a01-002x": ["Labour MPs", "tomorrow"]},
     "valid_v": {"a02-000x": ["Labour 1961!"]},
     "valid_t": {"a03-010z": ["it's (\"the\") end;"]},
     "test": {"a04-020a": ["50% of 2 men"], "a05-030b": ["ok?"]},  # '%' is outside the alphabet

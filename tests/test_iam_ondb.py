@@ -87,13 +87,13 @@ def test_transcription_lines_after_csr(tmp_path):
 
 
 def test_splits_board_and_mismatched_form(task, corpus, cache, capsys):
-    assert {s: len(v) for s, v in task.splits.items()} == {"train": 4, "valid": 2, "test": 2}
+    assert {s: len(v) for s, v in task.splits.items()} == {"train": 6, "valid": 2, "test": 2}
     assert task.report.dropped_forms == ["a08-551z"]
     assert task.report.mismatched_forms == ["a06-040c: 3 stroke files, 2 lines"]
     assert task.report.characters == {"'%' deleted": 1}
     texts = {s: [decode_labels(q.targets[q.targets > 0]) for q in task.splits[s]] for s in task.splits}
     assert texts == {
-        "train": ["A MOVE to stop", "Mr. Gaitskell", "from nominating", "any more"],
+        "train": ["A MOVE to stop", "Mr. Gaitskell", "from nominating", "any more", "Labour MPs", "tomorrow"],
         "valid": ["Labour 1961!", 'it\'s ("the") end;'],  # testset_v then testset_t
         "test": ["50 of 2 men", "ok?"],
     }
