@@ -1,0 +1,44 @@
+"""``odyssey train task=timit`` and ``task=iam_ondb`` end to end on the synthetic corpora of
+tests/corpora.py: one epoch each, recorded as MLflow runs with the task's metrics (``error``,
+``cer``). The store is MLflow's file store: a SQLite store costs ~10 s of schema migrations here,
+and the tracking code under test is the same for both."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import corpora
+from odyssey.cli import main as cli_main
+
+
+@pytest.mark.slow
+def test_odyssey_train_records_timit_and_iam_ondb_runs(tmp_path, monkeypatch, capsys):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    dev, core = corpora.full_lists()
+    timit = corpora.write_timit(tmp_path / "t", dev=dev, core=core, utterances=corpora.UTTERANCES[:2])
+    iam = corpora.write_iam(tmp_path / "i")
+    uri = (tmp_path / "mlruns").as_uri()
+    common = ["model=bidirectional", "model.hidden_size=4", "train.max_epochs=1", "train.batch_size=8",
+              f"task.cache_dir={tmp_path / 'cache'}", f"tracking.uri={uri}", "tracking.experiment=corpora"]  # fmt: skip
+    assert cli_main(["train", "task=timit", f"task.data_dir={timit}", "task.expect_full_corpus=false", *common]) == 0
+    assert cli_main(["train", "task=iam_ondb", f"task.data_dir={iam}", "variant=cifg", *common]) == 0
+    err = capsys.readouterr().err
+    assert "TIMIT features" in err and "IAM-OnDB strokes" in err  # progress bars while the caches are built
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("corpora").experiment_id])
+    by_task = {r.data.tags["odyssey.task"]: r for r in runs}
+    assert sorted(by_task) == ["iam_ondb", "timit"]
+    for task, metric in (("timit", "error"), ("iam_ondb", "cer")):
+        run = by_task[task]
+        m = run.data.metrics
+        assert run.info.status == "FINISHED" and run.data.tags["odyssey.status"] == "completed"
+        assert {f"val/{metric}", f"test/{metric}", f"best_val/{metric}", "train/loss", "best_epoch"} <= set(m)
+        assert math.isfinite(m["train/loss"]) and 0.0 <= m[f"test/{metric}"] and m["best_epoch"] == 1.0
+        assert run.data.params["model.bidirectional"] == "True" and run.data.params["task.name"] == task
+    assert by_task["timit"].data.metrics["test/error"] <= 1.0
+    assert by_task["iam_ondb"].data.tags["odyssey.variant"] == "cifg"
