@@ -107,6 +107,7 @@ def _atomic_write(target: Path, write: Callable[[Any], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a cache shared by the nodes' users
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
