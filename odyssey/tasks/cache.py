@@ -92,7 +92,12 @@ def _locked(path: Path):
     except ImportError:  # pragma: no cover - not POSIX: no lock, the atomic renames still hold
         yield
         return
-    with open(path, "a+b") as f:
+    try:
+        f = open(path, "a+b")
+    except OSError:  # a read-only cache folder: reading needs no lock (writing fails, and says so)
+        yield
+        return
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -162,7 +167,12 @@ def cached_arrays(
         for k, v in arrays.items():
             if v.dtype.hasobject:
                 raise TypeError(f"cache array {k!r} has dtype {v.dtype}: only numeric and fixed-width strings are cached")
-        _atomic_write(npz, lambda f: np.savez(f, **arrays))
-        body = json.dumps({"sha256": sha256_of(npz), "key": key}, sort_keys=True, indent=1).encode()
-        _atomic_write(manifest, lambda f: f.write(body))
+        try:
+            _atomic_write(npz, lambda f: np.savez(f, **arrays))
+            body = json.dumps({"sha256": sha256_of(npz), "key": key}, sort_keys=True, indent=1).encode()
+            _atomic_write(manifest, lambda f: f.write(body))
+        except OSError as exc:
+            raise DataError(
+                f"feature cache folder {folder} is not writable ({exc.strerror or exc}); set task.cache_dir or $ODYSSEY_CACHE_DIR"
+            ) from None
     return arrays

@@ -323,6 +323,8 @@ class TIMITConfig(TaskConfig):
         arrays = cached_arrays(
             "timit", key, lambda: _extract(utterances, settings, self.progress), directory=self.cache_dir
         )
+        if arrays["uids"].tolist() != [u.uid for u in utterances]:  # the key covers them: a guard, not a path
+            raise DataError(f"TIMIT feature cache in {self.cache_dir or 'the cache folder'} does not match the corpus; delete it")
         return TIMITTask(_sequences(arrays, {s: len(splits[s]) for s in SPLITS}, self.fold_39), fold_39=self.fold_39)
 
 
