@@ -42,3 +42,27 @@ def test_odyssey_train_records_timit_and_iam_ondb_runs(tmp_path, monkeypatch, ca
         assert run.data.params["model.bidirectional"] == "True" and run.data.params["task.name"] == task
     assert by_task["timit"].data.metrics["test/error"] <= 1.0
     assert by_task["iam_ondb"].data.tags["odyssey.variant"] == "cifg"
+
+
+def test_the_paper_arms_dry_run_on_the_corpora(tmp_path, capsys):
+    """``experiment=odyssey_timit`` and ``odyssey_iam``: 9 variants x 200 trials, bidirectional,
+    the TIMIT space with its two switches; checked without Ray."""
+    from odyssey.sweep.cli import sweep_main
+
+    dev, core = corpora.full_lists()
+    timit = corpora.write_timit(tmp_path / "t", dev=dev, core=core, utterances=corpora.UTTERANCES[:1])
+    iam = corpora.write_iam(tmp_path / "i")
+    common = [f"study.storage_path={tmp_path / 'ray'}", f"task.cache_dir={tmp_path / 'cache'}", "task.progress=false", "--dry-run"]
+    assert sweep_main(["experiment=odyssey_timit", f"task.data_dir={timit}", "task.expect_full_corpus=false", *common]) == 0
+    timit_text = capsys.readouterr().out
+    assert sweep_main(["experiment=odyssey_iam", f"task.data_dir={iam}", *common]) == 0
+    iam_text = capsys.readouterr().out
+    assert "study 'odyssey_timit': 9 search(es) x 200 trial(s) = 1800 trials" in timit_text
+    assert "timit/fgr (val/error, min)" in timit_text
+    assert "train.nesterov ~ choice{True, False}" in timit_text and "train.clip_value ~ choice{None, 1.0}" in timit_text
+    assert "study 'odyssey_iam': 9 search(es) x 200 trial(s) = 1800 trials" in iam_text
+    assert "iam_ondb/cifg (val/cer, min)" in iam_text and "nesterov" not in iam_text
+    from odyssey.config import compose
+
+    for name in ("odyssey_timit", "odyssey_iam"):
+        assert compose("sweep", [f"experiment={name}"]).model.bidirectional is True
