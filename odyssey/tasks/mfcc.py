@@ -8,7 +8,7 @@ For samples x[n] (int16 PCM, scaled to [-1, 1)) at rate r:
    there are ``1 + (N - win) // hop`` frames (0 when N < win);
 3. a symmetric Hamming window w[k] = 0.54 - 0.46 cos(2 pi k / (win - 1)) on each frame;
 4. log energy e_t = ln(max(sum_k (w[k] x'_t[k])^2, 1e-10));
-5. power spectrum |FFT_512|^2, 26 HTK mel filters over 0..r/2 (librosa), natural log (floor
+5. power spectrum |FFT_512|^2, 26 HTK mel filters (peak 1) over 0..r/2 (librosa), natural log (floor
    1e-10), DCT-II (orthonormal, librosa's ``mfcc``); coefficients 1..12 (c0 is dropped: e_t
    stands for the level);
 6. deltas d_t = sum_{n=1..2} n (c_{t+n} - c_{t-n}) / (2 sum n^2), edges repeated (HTK's
@@ -69,7 +69,8 @@ def frame_centres(num_samples: int, rate: int, settings: MFCCSettings = MFCCSett
 def _mel_filters(rate: int, n_fft: int, n_mels: int) -> np.ndarray:
     import librosa
 
-    return librosa.filters.mel(sr=rate, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=rate / 2, htk=True)
+    # HTK's filters: the HTK mel scale, triangles of peak 1 (no area normalisation)
+    return librosa.filters.mel(sr=rate, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=rate / 2, htk=True, norm=None)
 
 
 def mfcc_features(samples: np.ndarray, rate: int, settings: MFCCSettings = MFCCSettings()) -> np.ndarray:
