@@ -175,6 +175,28 @@ def test_mfcc_shape_energy_and_deltas():
     assert mfcc_features(samples[:399], 16000).shape == (0, 39)  # shorter than one window
 
 
+def test_cepstra_match_an_independent_htk_style_computation():
+    """c1..c12 from numpy alone: HTK mel triangles (peak 1) on the 512-point power spectrum, ln,
+    orthonormal DCT-II written out."""
+    samples = corpora.timit_samples(2)
+    feats = mfcc_features(samples, 16000)
+    x = samples / 32768.0
+    emph = np.concatenate([x[:1], x[1:] - 0.97 * x[:-1]])
+    mel = lambda f: 2595 * np.log10(1 + f / 700)  # noqa: E731
+    hz = lambda m: 700 * (10 ** (m / 2595) - 1)  # noqa: E731
+    edges = hz(np.linspace(0, mel(8000), 26 + 2))
+    freqs = np.arange(257) * 16000 / 512
+    bank = np.array([np.clip(np.minimum((freqs - lo) / (c - lo), (hi - freqs) / (hi - c)), 0, None)
+                     for lo, c, hi in zip(edges, edges[1:], edges[2:])])  # fmt: skip
+    n = np.arange(26)
+    dct = np.sqrt(2 / 26) * np.cos(np.pi * np.arange(1, 13)[:, None] * (2 * n + 1) / 52)  # (12, 26)
+    for t in (0, 4, 7):
+        frame = emph[t * 160 : t * 160 + 400] * np.hamming(400)
+        power = np.abs(np.fft.rfft(frame, 512)) ** 2
+        ceps = dct @ np.log(np.maximum(bank @ power, 1e-10))
+        np.testing.assert_allclose(feats[t, :12], ceps, rtol=1e-4, atol=1e-4)
+
+
 def test_features_are_normalised_with_the_training_set(task):
     assert task.input_size == 39 and task.output_size == 61
     train = torch.cat([s.inputs for s in task.splits["train"]]).double()
