@@ -66,3 +66,12 @@ def test_the_paper_arms_dry_run_on_the_corpora(tmp_path, capsys):
 
     for name in ("odyssey_timit", "odyssey_iam"):
         assert compose("sweep", [f"experiment={name}"]).model.bidirectional is True
+
+
+def test_data_fetch_refuses_the_licensed_corpora(capsys):
+    from odyssey.tasks.fetch import main
+
+    assert main(["timit"]) == 2 and main(["iam_ondb"]) == 2
+    err = capsys.readouterr().err
+    assert "TIMIT is licensed (LDC93S1" in err and "set task.data_dir (or $ODYSSEY_TIMIT_DIR)" in err
+    assert "IAM-OnDB needs registration" in err and "$ODYSSEY_IAM_ONDB_DIR" in err
