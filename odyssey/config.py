@@ -85,7 +85,8 @@ class TrainConfig:
     batch_size: int = 1  # 1 = online SGD (the paper); >1 = padded, masked minibatches
     nesterov: bool = True
     scale_lr_by_momentum: bool = True  # the paper's step size is lr * (1 - momentum)
-    clip_norm: float | None = None
+    clip_norm: float | None = None  # rescale the gradient to this norm (all parameters together)
+    clip_value: float | None = None  # clip each gradient value to [-clip_value, clip_value] (the paper's TIMIT: 1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_batch_size: int = 64
     # The training objective's scale (see odyssey.tasks.base): the paper's sum over each sequence's
@@ -104,6 +105,9 @@ class TrainConfig:
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, "an integer >= 1")
         _check(
             self.clip_norm is None or self.clip_norm > 0, "train.clip_norm", self.clip_norm, "null or a float > 0"
+        )
+        _check(
+            self.clip_value is None or self.clip_value > 0, "train.clip_value", self.clip_value, "null or a float > 0"
         )
         ok_device = self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device) is not None
         _check(ok_device, "train.device", self.device, "auto, cpu, cuda or cuda:N")

@@ -11,7 +11,9 @@ is the one at the best validation epoch.
 Where it deviates from PyLSTM, on purpose: torch's Nesterov SGD keeps the look-ahead weights
 (theta + mu v), so validation sees those, not theta (the difference is one momentum step); the
 first epoch's validation is the first "best" (PyLSTM also logs the untrained network); the
-adding problem's MSE has no factor 1/2; ``clip_norm`` clips the gradient's norm, not each value.
+adding problem's MSE has no factor 1/2. Gradient clipping: ``clip_value`` clips each value to
+[-c, c] (the paper's TIMIT search drew clipping to [-1, 1] or none), then ``clip_norm`` rescales
+the whole gradient to at most that norm; either or both may be set.
 
 GPU hygiene, for a trial and a pack alike: the splits stay on the device
 (:class:`~odyssey.tasks.resident.ResidentSplit`), the input noise is drawn there from a
@@ -149,6 +151,8 @@ def _train_epoch(model, task: Task, optimizer, cfg: TrialConfig, data: ResidentS
         loss = task.loss(model(inputs, batch.lengths), batch, tr.loss_reduction)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if tr.clip_value is not None:
+            torch.nn.utils.clip_grad_value_(model.parameters(), tr.clip_value)
         if tr.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tr.clip_norm)
         optimizer.step()

@@ -232,3 +232,38 @@ def test_integer_and_boolean_hyperparameters(tmp_path):
     assert len(configs) == 6
     for values in configs.values():
         Configuration(cs, values=values)
+
+
+def test_fanova_on_the_timit_space_with_its_boolean_and_its_clipping_choice():
+    """``search_space=odyssey_timit`` as the sweep composes it: ``train.nesterov`` enters fANOVA as
+    a boolean, ``train.clip_value`` {null, 1.0} as a two-valued categorical, both index-encoded
+    from the params' text as MLflow logs it. test = 0.2 + 0.3 [classical momentum] + 0.1 [no
+    clipping] + noise: variances 0.0225 and 0.0025 of 0.025 + noise (0.01^2), so nesterov explains
+    ~0.89 and clip_value ~0.10; the marginals at the indices are the two effects."""
+    from omegaconf import OmegaConf
+
+    from odyssey.analysis.space import AnalysisSpace
+    from odyssey.config import compose
+
+    cfg = compose("sweep", ["experiment=odyssey_timit"])
+    space = translate(OmegaConf.to_container(cfg.search_space, resolve=True))
+    analysis = AnalysisSpace.from_search_space(translate(space.to_mapping()))  # as recorded
+    kinds = {h.name: (h.kind, h.bounds, h.categories) for h in analysis.hyperparameters}
+    assert kinds["nesterov"] == ("boolean", (-0.5, 1.5), ("True", "False"))
+    assert kinds["clip_value"] == ("categorical", (-0.5, 1.5), ("None", "1.0"))
+    rng = np.random.default_rng(0)
+    X, y = [], []
+    for _ in range(120):
+        flat = space.flat(space.sample(rng))  # config values by path
+        text = {path: str(value) for path, value in flat.items()}  # MLflow params are text
+        X.append([analysis[h.name].coordinate(text[h.path]) for h in analysis.hyperparameters])
+        y.append(0.2 + 0.3 * (not flat["train.nesterov"]) + 0.1 * (flat["train.clip_value"] is None) + rng.normal(0, 0.01))
+    X = np.array(X)
+    assert set(X[:, analysis.names.index("nesterov")]) == {0.0, 1.0} and np.isfinite(X).all()
+    res = fanova(X, np.array(y), analysis.names, bounds=analysis.bounds(X), n_trees=32, seed=0)
+    assert res["nesterov"] == pytest.approx(0.89, abs=0.06) and res["clip_value"] == pytest.approx(0.10, abs=0.05)
+    assert max(res[k] for k in ("log10_hidden_size", "log10_lr", "log10_one_minus_momentum", "input_noise")) < 0.03
+    nesterov = res.marginal("nesterov", grid=np.arange(2))  # index 0 = True (recorded order)
+    clip = res.marginal("clip_value", grid=np.arange(2))  # index 0 = None
+    assert nesterov.mean[1] - nesterov.mean[0] == pytest.approx(0.3, abs=0.03)
+    assert clip.mean[0] - clip.mean[1] == pytest.approx(0.1, abs=0.03)

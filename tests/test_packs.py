@@ -302,3 +302,30 @@ def test_pack_on_cuda_equals_pack_on_cpu():
     for i in range(3):
         assert gpu[0][i].device.startswith("cuda:")
         assert_same_trial((cpu[0][i], cpu[1][i], cpu[2][i]), (gpu[0][i], gpu[1][i], gpu[2][i]), rel=1e-9)
+
+
+def test_packed_sgd_clips_values_then_norms_per_member_as_torch():
+    """``train.clip_value`` (the paper's TIMIT clipping) then ``clip_norm``, per member, against
+    torch's clip_grad_value_ / clip_grad_norm_ and SGD on each member alone."""
+    from odyssey.packs.optim import PackedSGD
+
+    gen = torch.Generator().manual_seed(0)
+    weights = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64)
+    grads = 3 * torch.randn(3, 4, 5, generator=gen, dtype=torch.float64)
+    clip_values, clip_norms = [0.5, math.inf, 2.0], [math.inf, 1.0, 1.5]
+    packed = weights.clone().requires_grad_(False)
+    packed.grad = grads.clone()
+    f64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    opt = PackedSGD([packed], step_sizes=f64([0.1, 0.2, 0.3]), momenta=f64([0.0, 0.9, 0.5]),
+                    nesterov=torch.tensor([False, True, True]), clip_norms=f64(clip_norms), clip_values=f64(clip_values))  # fmt: skip
+    opt.step()
+    for m, (step, mu, nesterov) in enumerate([(0.1, 0.0, False), (0.2, 0.9, True), (0.3, 0.5, True)]):
+        p = torch.nn.Parameter(weights[m].clone())
+        p.grad = grads[m].clone()
+        if math.isfinite(clip_values[m]):
+            torch.nn.utils.clip_grad_value_([p], clip_values[m])
+        if math.isfinite(clip_norms[m]):
+            torch.nn.utils.clip_grad_norm_([p], clip_norms[m])
+        torch.optim.SGD([p], lr=step, momentum=mu, nesterov=nesterov).step()
+        torch.testing.assert_close(packed[m], p.detach(), rtol=1e-12, atol=1e-12)
+    assert not torch.equal(packed[0], weights[0] - 0.1 * grads[0])  # the clipping did something

@@ -7,8 +7,9 @@ gradient g, as ``torch.optim.SGD(momentum=mu, nesterov=...)`` (no dampening, no 
     d   = g + mu * buf   (Nesterov)   or   buf   (classical momentum)
     p   = p - s * d
 
-Optional gradient-norm clipping per member, as ``torch.nn.utils.clip_grad_norm_`` over that
-member's parameters: g *= min(1, c / (||g|| + 1e-6)). A member that is not ``active`` in an
+Optional gradient clipping per member, as ``train_trial``: first each value to [-v, v]
+(``torch.nn.utils.clip_grad_value_``), then the norm, as ``torch.nn.utils.clip_grad_norm_`` over
+that member's parameters: g *= min(1, c / (||g|| + 1e-6)). A member that is not ``active`` in an
 update (it has run out of minibatches this epoch) keeps its weights and momentum unchanged.
 """
 
@@ -29,6 +30,7 @@ class PackedSGD:
         step_sizes, momenta: (M,) per member.
         nesterov: (M,) bool per member.
         clip_norms: (M,) per member, ``inf`` for no clipping (None: nobody clips).
+        clip_values: (M,) per member, ``inf`` for no value clipping (None: nobody clips values).
         buffers: momentum buffers to continue from (each like its parameter), else zeros.
     """
 
@@ -40,6 +42,7 @@ class PackedSGD:
         momenta: torch.Tensor,
         nesterov: torch.Tensor,
         clip_norms: torch.Tensor | None = None,
+        clip_values: torch.Tensor | None = None,
         buffers: Sequence[torch.Tensor] | None = None,
     ):
         self.params = list(params)
@@ -48,6 +51,7 @@ class PackedSGD:
         self.momenta = momenta.to(device=device, dtype=dtype)
         self.nesterov = nesterov.to(device=device, dtype=torch.bool)
         self.clip_norms = None if clip_norms is None else clip_norms.to(device=device, dtype=dtype)
+        self.clip_values = None if clip_values is None else clip_values.to(device=device, dtype=dtype)
         self.buffers = [torch.zeros_like(p) for p in self.params] if buffers is None else [b.detach().clone() for b in buffers]
 
     def _bcast(self, v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -57,6 +61,8 @@ class PackedSGD:
     def step(self, active: torch.Tensor | None = None) -> None:
         """One update of every member (``active``: (M,) bool, the members that update)."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        if self.clip_values is not None:
+            grads = [torch.minimum(torch.maximum(g, -self._bcast(self.clip_values, g)), self._bcast(self.clip_values, g)) for g in grads]
         if self.clip_norms is not None:
             norm = torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in grads))  # (M,)
             coef = (self.clip_norms / (norm + 1e-6)).clamp(max=1.0)

@@ -8,8 +8,8 @@ step. Every member keeps everything that makes its trial its own:
 * its initial weights (``torch.manual_seed(seed)`` then the model, as ``train_trial``);
 * its data order (its own ``torch.Generator``) and its input noise (the counter-based stream of
   :mod:`odyssey.noise`, keyed by its seed, epoch and sequence);
-* its hyperparameters (hidden size, step size, momentum, Nesterov, noise, batch size, clipping,
-  epochs, patience) and its own epoch counter, early stopping and best-epoch test metrics.
+* its hyperparameters (hidden size, step size, momentum, Nesterov, noise, batch size, clipping
+  by norm and by value, epochs, patience) and its own epoch counter, early stopping and best-epoch test metrics.
 
 Minibatches are padded to the longest sequence of the update and to the largest batch size, with
 masks, so the extra steps and columns contribute exact zeros. So a member's metrics, best epoch,
@@ -196,12 +196,14 @@ class PackTrainer:
             buffers = [model.stack([b[k] for b in own], k, device=self.device, dtype=self.dtype) for k in model.keys]
         trs = [m.cfg.train for m in members]
         clip = [tr.clip_norm if tr.clip_norm is not None else math.inf for tr in trs]
+        clip_values = [tr.clip_value if tr.clip_value is not None else math.inf for tr in trs]
         self._opt = PackedSGD(
             model.parameters(),
             step_sizes=torch.tensor([step_size(tr) for tr in trs], dtype=torch.float64),
             momenta=torch.tensor([tr.momentum for tr in trs], dtype=torch.float64),
             nesterov=torch.tensor([tr.nesterov and tr.momentum > 0 for tr in trs]),
             clip_norms=torch.tensor(clip, dtype=torch.float64) if any(tr.clip_norm is not None for tr in trs) else None,
+            clip_values=torch.tensor(clip_values, dtype=torch.float64) if any(tr.clip_value is not None for tr in trs) else None,
             buffers=buffers,
         )
         for m in members:

@@ -60,6 +60,8 @@ def build_task(config: TaskConfig) -> Task:
 
 # Concrete tasks register themselves on import.
 from odyssey.tasks import adding as _adding  # noqa: E402,F401
+from odyssey.tasks import iam_ondb as _iam_ondb  # noqa: E402,F401
 from odyssey.tasks import jsb as _jsb  # noqa: E402,F401
 from odyssey.tasks import reber as _reber  # noqa: E402,F401
 from odyssey.tasks import temporal_order as _temporal_order  # noqa: E402,F401
+from odyssey.tasks import timit as _timit  # noqa: E402,F401

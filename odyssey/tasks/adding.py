@@ -25,8 +25,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from odyssey.tasks import TaskConfig, register
-from odyssey.tasks.base import SPLITS, Batch, Sequence, Task, check_bool, check_choice, check_int, masked, scored_count, split_rng
+from odyssey.tasks import register
+from odyssey.tasks.base import Batch, Sequence, Task, check_bool, check_choice, check_int, masked, scored_count
+from odyssey.tasks.generated import GeneratedTaskConfig
 
 __all__ = ["ACCURACY_TOLERANCE", "AddingConfig", "AddingTask"]
 
@@ -35,7 +36,7 @@ ACCURACY_TOLERANCE = 0.04  # |error| below which a sequence counts as correct (1
 
 @register("adding")
 @dataclass(frozen=True)
-class AddingConfig(TaskConfig):
+class AddingConfig(GeneratedTaskConfig):
     """Config of the adding problem.
 
     Attributes:
@@ -47,24 +48,15 @@ class AddingConfig(TaskConfig):
 
     name: str = "adding"
     length: int = 100
-    num_train: int = 1000
-    num_valid: int = 200
-    num_test: int = 200
-    seed: int = 0
     end_markers: bool = False
 
     def __post_init__(self) -> None:
         check_choice("name", self.name, ("adding",))
         check_int("length", self.length, low=10)
-        for key in ("num_train", "num_valid", "num_test"):
-            check_int(key, getattr(self, key), low=1)
-        check_int("seed", self.seed, low=0)
         check_bool("end_markers", self.end_markers)
+        super().__post_init__()
 
-    def build(self) -> AddingTask:
-        sizes = {"train": self.num_train, "valid": self.num_valid, "test": self.num_test}
-        rngs = {s: split_rng(self.seed, s) for s in SPLITS}
-        splits = {s: [self.sample(rngs[s]) for _ in range(sizes[s])] for s in SPLITS}
+    def make_task(self, splits: dict[str, list[Sequence]]) -> AddingTask:
         return AddingTask(splits)
 
     def sample(self, rng: np.random.Generator) -> Sequence:

@@ -40,7 +40,9 @@ __all__ = [
     "check_choice",
     "check_float",
     "check_int",
+    "class_errors",
     "collate",
+    "frame_cross_entropy",
     "masked",
     "scored_count",
     "split_rng",
@@ -189,6 +191,22 @@ class Task(ABC):
 def masked(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``values`` where ``mask`` (broadcast over leading dims), exact 0 elsewhere (NaN-safe)."""
     return torch.where(mask, values, values.new_zeros(()))
+
+
+def frame_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy of each step, ``-log softmax(outputs)[target]``: (..., T, B), 0 where unscored.
+
+    ``outputs`` (..., T, B, O) logits; ``targets`` (T, B) or (..., T, B) class indices.
+    """
+    targets = targets.expand(outputs.shape[:-1])  # (..., T, B)
+    nll = -torch.log_softmax(outputs, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return masked(nll, mask)
+
+
+def class_errors(outputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(misclassified scored steps, scored steps), each of shape (...): argmax != target."""
+    wrong = (outputs.detach().argmax(dim=-1) != targets) & mask  # (..., T, B)
+    return wrong.sum(dim=(-2, -1)), scored_count(mask, wrong)
 
 
 def scored_count(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

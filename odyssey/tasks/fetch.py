@@ -32,6 +32,11 @@ JSB_URL = "https://raw.githubusercontent.com/czhuang/JSB-Chorales-dataset/master
 # The original (same data, another file name):
 # http://www-etud.iro.umontreal.ca/~boulanni/JSB%20Chorales.pickle
 DATASETS = ("jsb",)
+# Licensed corpora: never downloaded; the task reads the user's copy (see their modules).
+LICENSED = {
+    "timit": "TIMIT is licensed (LDC93S1, https://catalog.ldc.upenn.edu/LDC93S1)",
+    "iam_ondb": "IAM-OnDB needs registration (https://fki.tic.heia-fr.ch/databases/iam-on-line-handwriting-database)",
+}
 _CHUNK = 1 << 16
 
 
@@ -115,6 +120,13 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--url", default=JSB_URL, help="download address (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.dataset in LICENSED:
+        print(
+            f"error: {LICENSED[args.dataset]}: it cannot be downloaded; put your copy somewhere and set "
+            f"task.data_dir (or $ODYSSEY_{args.dataset.upper()}_DIR) to it",
+            file=sys.stderr,
+        )
+        return 2
     if args.dataset not in DATASETS:
         print(f"error: unknown dataset {args.dataset!r}; valid datasets: {', '.join(DATASETS)}", file=sys.stderr)
         return 2

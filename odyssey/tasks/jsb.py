@@ -27,7 +27,6 @@ own working directories.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 from odyssey.errors import DataError
 from odyssey.tasks import TaskConfig, register
 from odyssey.tasks.base import SPLITS, Batch, Sequence, Task, check_bool, check_choice, masked, scored_count
+from odyssey.tasks.cache import sha256_of  # re-exported: the digest of a data file
 
 __all__ = [
     "FILES",
@@ -146,14 +146,6 @@ class JSBTask(Task):
 
 # --------------------------------------------------------------------------------------------
 # Loading
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_piano_rolls(path: str | Path, *, verify_sha256: bool = True) -> dict[str, list[torch.Tensor]]:

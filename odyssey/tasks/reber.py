@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from odyssey.errors import ConfigError
-from odyssey.tasks import TaskConfig, register
-from odyssey.tasks.base import SPLITS, Batch, Sequence, Task, check_choice, check_int, masked, split_rng
+from odyssey.tasks import register
+from odyssey.tasks.base import Batch, Sequence, Task, check_choice, check_int, masked
+from odyssey.tasks.generated import GeneratedTaskConfig
 
 __all__ = [
     "MIN_EMBEDDED_LENGTH",
@@ -99,7 +100,7 @@ def embedded_legal_next(string: str) -> list[str]:
 
 @register("reber")
 @dataclass(frozen=True)
-class ReberConfig(TaskConfig):
+class ReberConfig(GeneratedTaskConfig):
     """Config of the embedded Reber grammar.
 
     Attributes:
@@ -111,10 +112,6 @@ class ReberConfig(TaskConfig):
     name: str = "reber"
     min_length: int = MIN_EMBEDDED_LENGTH
     max_length: int = 50
-    num_train: int = 1000
-    num_valid: int = 200
-    num_test: int = 200
-    seed: int = 0
 
     def __post_init__(self) -> None:
         check_choice("name", self.name, ("reber",))
@@ -126,14 +123,9 @@ class ReberConfig(TaskConfig):
             raise ConfigError(
                 f"task.max_length={self.max_length} is invalid: expected >= task.min_length={self.min_length}"
             )
-        for key in ("num_train", "num_valid", "num_test"):
-            check_int(key, getattr(self, key), low=1)
-        check_int("seed", self.seed, low=0)
+        super().__post_init__()
 
-    def build(self) -> ReberTask:
-        sizes = {"train": self.num_train, "valid": self.num_valid, "test": self.num_test}
-        rngs = {s: split_rng(self.seed, s) for s in SPLITS}
-        splits = {s: [self.sample(rngs[s]) for _ in range(sizes[s])] for s in SPLITS}
+    def make_task(self, splits: dict[str, list[Sequence]]) -> ReberTask:
         return ReberTask(splits)
 
     def sample_string(self, rng: np.random.Generator) -> str:

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from odyssey.errors import ConfigError
-from odyssey.tasks import TaskConfig, register
-from odyssey.tasks.base import SPLITS, Batch, Sequence, Task, check_choice, check_int, masked, scored_count, split_rng
+from odyssey.tasks import register
+from odyssey.tasks.base import Batch, Sequence, Task, check_choice, check_int, frame_cross_entropy, scored_count
+from odyssey.tasks.generated import GeneratedTaskConfig
 
 __all__ = ["SYMBOLS", "WINDOWS", "TemporalOrderConfig", "TemporalOrderTask", "relevant_windows"]
 
@@ -46,7 +47,7 @@ def relevant_windows(length: int, num_relevant: int) -> list[tuple[int, int]]:
 
 @register(*_NAMES.values())
 @dataclass(frozen=True)
-class TemporalOrderConfig(TaskConfig):
+class TemporalOrderConfig(GeneratedTaskConfig):
     """Config of temporal order 6a (``temporal_order``) and 6b (``temporal_order_3``).
 
     Attributes:
@@ -59,10 +60,6 @@ class TemporalOrderConfig(TaskConfig):
     name: str = "temporal_order"
     length: int = 100
     num_relevant: int | None = None
-    num_train: int = 1000
-    num_valid: int = 200
-    num_test: int = 200
-    seed: int = 0
 
     def __post_init__(self) -> None:
         check_choice("name", self.name, tuple(_NAMES.values()))
@@ -75,14 +72,9 @@ class TemporalOrderConfig(TaskConfig):
                 f"{expected} (use task=temporal_order for 2 relevant symbols, task=temporal_order_3 for 3)"
             )
         check_int("length", self.length, low=10)
-        for key in ("num_train", "num_valid", "num_test"):
-            check_int(key, getattr(self, key), low=1)
-        check_int("seed", self.seed, low=0)
+        super().__post_init__()
 
-    def build(self) -> TemporalOrderTask:
-        sizes = {"train": self.num_train, "valid": self.num_valid, "test": self.num_test}
-        rngs = {s: split_rng(self.seed, s) for s in SPLITS}
-        splits = {s: [self.sample(rngs[s]) for _ in range(sizes[s])] for s in SPLITS}
+    def make_task(self, splits: dict[str, list[Sequence]]) -> TemporalOrderTask:
         return TemporalOrderTask(splits, num_relevant=self.num_relevant, name=self.name)
 
     def sample(self, rng: np.random.Generator) -> Sequence:
@@ -119,9 +111,7 @@ class TemporalOrderTask(Task):
         super().__init__(splits)
 
     def step_losses(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
-        targets = batch.targets.expand(outputs.shape[:-1])  # (..., T, B) class indices
-        nll = -F.log_softmax(outputs, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        return masked(nll, batch.mask)  # cross-entropy at the scored (last) step
+        return frame_cross_entropy(outputs, batch.targets, batch.mask)  # at the scored (last) step
 
     def metric_totals(self, outputs: torch.Tensor, batch: Batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         correct = (outputs.detach().argmax(dim=-1) == batch.targets) & batch.mask  # (..., T, B)
