@@ -333,6 +333,7 @@ def test_tpe_search_end_to_end(tmp_path, mlflow_server, ray_cluster, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.soak  # 60 s; the default run submits through tests/test_user_configs.py (an installed odyssey)
 def test_submit_to_job_server(tmp_path, mlflow_server, ray_cluster, monkeypatch, capsys):
     """`odyssey submit` ships the project to the cluster's job server; MLFLOW_TRACKING_URI travels
     in the job's runtime env. `odyssey stop ID` ends the job's sweep like SIGTERM does (runs
@@ -395,7 +396,8 @@ def test_submit_to_job_server(tmp_path, mlflow_server, ray_cluster, monkeypatch,
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "how, execution",
-    [pytest.param("SIGKILL", "single", marks=pytest.mark.soak), ("SIGINT", "pack"), ("SIGTERM", "single")],
+    [pytest.param("SIGKILL", "single", marks=pytest.mark.soak), ("SIGINT", "pack"),
+     pytest.param("SIGTERM", "single", marks=pytest.mark.soak)],  # SIGTERM: the same handler as SIGINT (tests/test_interrupts.py)
     ids=["kill", "int-pack", "term"],
 )
 def test_interrupt_and_resume(tmp_path, mlflow_server, ray_cluster, how, execution):

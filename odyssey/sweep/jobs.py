@@ -18,8 +18,9 @@ runs ``python -m odyssey.sweep.cli <overrides>`` on the cluster. Which odyssey (
 
 The dependencies (torch, Ray, MLflow...) are the cluster's (its image: ``docker/``). The user's
 config folders (``--config-dir``, ``$ODYSSEY_CONFIG_PATH``, ``./conf``) travel as ``py_modules``
-entries too, and ``$ODYSSEY_CONFIG_PATH`` names them on the cluster, in the same order. ``jobs/*.yaml`` are plain Ray runtime
-environments, so the same file works with Ray's CLI::
+entries too, and ``$ODYSSEY_CONFIG_PATH`` names them on the cluster, in the same order.
+
+``jobs/*.yaml`` are plain Ray runtime environments, so the same file works with Ray's CLI::
 
     ray job submit --address http://127.0.0.1:8265 --runtime-env jobs/odyssey_jsb.yaml -- python -m odyssey.sweep.cli
     odyssey submit jobs/odyssey_jsb.yaml
