@@ -38,7 +38,9 @@ import pytest
 from conftest import free_port
 from test_sweep import ROOT, assert_study, study_runs, tiny
 
-pytestmark = pytest.mark.slow
+# 54 s together (a token-authenticated cluster of its own, started by Ray's CLI): soak tests, so that
+# the default run stays under 10 minutes; python -m pytest -m soak runs them.
+pytestmark = [pytest.mark.slow, pytest.mark.soak]
 
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
