@@ -470,8 +470,9 @@ def config_schemas() -> dict[str, type]:
     }  # fmt: skip
 
 
+@functools.cache
 def register_schemas() -> None:
-    """Register every section's defaults with Hydra's ConfigStore as ``schema/<section>``, which
+    """Register (once per process) every section's defaults with Hydra's ConfigStore as ``schema/<section>``, which
     ``conf/train.yaml`` and ``conf/sweep.yaml`` put first in their defaults lists
     (``- schema/train@train``), so that each group option lists only its differences.
 

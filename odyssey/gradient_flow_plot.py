@@ -130,13 +130,14 @@ def _log_to_mlflow(tracking: TrackingConfig, curves, png: Path, *, variants, tas
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
-    from odyssey.tracking import TAG_ROLE, TAG_TASK, get_or_create_experiment
+    from odyssey.run_schema import ROLE_PLOT, TAG_ROLE, TAG_TASK
+    from odyssey.tracking import get_or_create_experiment
 
     uri = tracking.resolved_uri(Path.cwd())
     try:
         client = MlflowClient(uri)
         run = client.create_run(get_or_create_experiment(client, tracking.experiment), run_name=f"gradient-flow-{task}",
-                                tags={TAG_ROLE: "plot", TAG_TASK: task})  # fmt: skip
+                                tags={TAG_ROLE: ROLE_PLOT, TAG_TASK: task})  # fmt: skip
         run_id = run.info.run_id
         params = [Param("variants", ",".join(variants)), Param("task", task), Param("train_epochs", str(train_epochs))]
         metrics = [

@@ -16,6 +16,7 @@ Runs, by ``odyssey.role``:
   ``search/best_val/<metric>``, so that grouping runs by variant averages trials only.
 * ``trial``: a child run of a search (``mlflow.parentRunId``), one per Ray Tune trial.
 * ``analysis``: an ``odyssey analyze`` run: the report's files and its results as metrics.
+* ``plot``: an ``odyssey plot`` run: the PNG, and its curves as metrics.
 
 Trial runs (and ``train`` runs):
 
@@ -52,6 +53,7 @@ ROLE_TRAIN = "train"
 ROLE_SEARCH = "search"
 ROLE_TRIAL = "trial"
 ROLE_ANALYSIS = "analysis"
+ROLE_PLOT = "plot"  # an ``odyssey plot`` figure (the gradient flow)
 
 # --------------------------------------------------------------------------------------------
 # Run tags

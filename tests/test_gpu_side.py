@@ -38,6 +38,9 @@ for variant in ("vanilla", "gru", "rnn"):
     packed = train_pack([cfg, cfg.replace(seed=1)], task=task)
     a, p = alone.final_metrics(), packed[0].final_metrics()
     assert a.keys() == p.keys() and all(abs(p[k] - a[k]) <= 1e-4 * max(1.0, abs(a[k])) for k in a), (variant, p, a)
+x = torch.randn(6, 2, 3)
+norms = input_gradient_norms(lambda v: (v[-1] ** 2).sum(), x)  # only the last step is scored
+assert norms.shape == (6,) and norms[0] > 0 and torch.all(norms[1:] == 0), norms
 print("JSB ARMS", len(sample_trials(2, epochs=1)))
 print("LOADED", sorted(m for m in sys.modules if m.split(".")[0] in {BLOCKED!r}))
 """

@@ -62,7 +62,8 @@ class PackedSGD:
         """One update of every member (``active``: (M,) bool, the members that update)."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         if self.clip_values is not None:
-            grads = [torch.minimum(torch.maximum(g, -self._bcast(self.clip_values, g)), self._bcast(self.clip_values, g)) for g in grads]
+            bounds = [self._bcast(self.clip_values, g) for g in grads]
+            grads = [g.clamp(-c, c) for g, c in zip(grads, bounds)]
         if self.clip_norms is not None:
             norm = torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in grads))  # (M,)
             coef = (self.clip_norms / (norm + 1e-6)).clamp(max=1.0)

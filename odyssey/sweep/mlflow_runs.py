@@ -35,7 +35,6 @@ from odyssey.run_schema import (
     TAG_TASK,
     TAG_TRIAL_ID,
     TAG_VARIANT,
-    check_store,
     mlflow_status,
     search_best_metric,
     search_trials_metric,
@@ -43,7 +42,6 @@ from odyssey.run_schema import (
 from odyssey.tracking import get_or_create_experiment
 
 __all__ = [
-    "check_tracking_server",
     "client",
     "ensure_experiment",
     "find_trial_run",
@@ -55,12 +53,6 @@ def client(uri: str):
     import mlflow
 
     return mlflow.MlflowClient(tracking_uri=uri)
-
-
-def check_tracking_server(uri: str, *, timeout: float = 5.0) -> None:
-    """A writer's check of the store (:func:`odyssey.run_schema.check_store`): a server must answer,
-    a local store's folder must exist or be creatable."""
-    check_store(uri, timeout=timeout)
 
 
 def ensure_experiment(uri: str, name: str) -> str:

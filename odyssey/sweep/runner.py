@@ -91,7 +91,7 @@ def run_sweep(sweep: SweepConfig) -> list[SearchOutcome]:
     """Run every search of ``sweep`` (see the module docstring)."""
     use_short_http_retries()  # outages: the driver retries itself (odyssey.sweep.outage)
     quiet_mlflow_urls()
-    mlflow_runs.check_tracking_server(sweep.tracking_uri)
+    run_schema.check_store(sweep.tracking_uri)  # a server must answer; a local store's folder is made
     check_ray_address(sweep.ray_address)
     experiment_id = mlflow_runs.ensure_experiment(sweep.tracking_uri, sweep.study.name)
     with identity.claim(sweep, sweep.tracking_uri, experiment_id) as storage:  # one study, one sweep

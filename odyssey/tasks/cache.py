@@ -47,15 +47,29 @@ def corpus_dir(data_dir: str | None, name: str) -> Path:
     """
     if data_dir is not None:
         return Path(str(data_dir)).expanduser().resolve()
+    found = data_dir_from_env(name)
+    if found is not None:
+        return found
+    variable = f"ODYSSEY_{name.upper()}_DIR"
+    raise DataError(
+        f"task {name!r} reads your own copy of a licensed corpus: set task.data_dir (or ${variable}, "
+        f"or $ODYSSEY_DATA_DIR with a '{name}' folder) to where it is"
+    )
+
+
+def data_dir_from_env(name: str) -> Path | None:
+    """``$ODYSSEY_<NAME>_DIR``, else ``$ODYSSEY_DATA_DIR/<name>``, absolute; None if neither is set."""
     variable = f"ODYSSEY_{name.upper()}_DIR"
     if os.environ.get(variable):
         return Path(os.environ[variable]).expanduser().resolve()
     if os.environ.get("ODYSSEY_DATA_DIR"):
         return (Path(os.environ["ODYSSEY_DATA_DIR"]).expanduser() / name).resolve()
-    raise DataError(
-        f"task {name!r} reads your own copy of a licensed corpus: set task.data_dir (or ${variable}, "
-        f"or $ODYSSEY_DATA_DIR with a '{name}' folder) to where it is"
-    )
+    return None
+
+
+def user_cache_root() -> Path:
+    """``$XDG_CACHE_HOME/odyssey``, else ``~/.cache/odyssey``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "odyssey"
 
 
 def cache_dir(directory: str | None = None) -> Path:
@@ -64,8 +78,7 @@ def cache_dir(directory: str | None = None) -> Path:
         return Path(str(directory)).expanduser().resolve()
     if os.environ.get("ODYSSEY_CACHE_DIR"):
         return Path(os.environ["ODYSSEY_CACHE_DIR"]).expanduser().resolve()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
-    return (base / "odyssey" / "features").resolve()
+    return (user_cache_root() / "features").resolve()
 
 
 def sha256_of(path: Path) -> str:

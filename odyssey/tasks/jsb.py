@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 from odyssey.errors import DataError
 from odyssey.tasks import TaskConfig, register
 from odyssey.tasks.base import SPLITS, Batch, Sequence, Task, check_bool, check_choice, masked, scored_count
-from odyssey.tasks.cache import sha256_of  # re-exported: the digest of a data file
+from odyssey.tasks.cache import data_dir_from_env, sha256_of, user_cache_root  # sha256_of: re-exported
 
 __all__ = [
     "FILES",
@@ -72,15 +71,13 @@ def default_data_dir(*, include_shared: bool = True) -> Path:
 
     ``include_shared=False`` skips the (read-only) shared copy: where ``odyssey data fetch`` writes.
     """
-    if os.environ.get("ODYSSEY_JSB_DIR"):
-        return Path(os.environ["ODYSSEY_JSB_DIR"]).expanduser().resolve()
-    if os.environ.get("ODYSSEY_DATA_DIR"):
-        return (Path(os.environ["ODYSSEY_DATA_DIR"]).expanduser() / "jsb").resolve()
+    found = data_dir_from_env("jsb")
+    if found is not None:
+        return found
     shared = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "jsb"
     if include_shared and shared.is_dir():
         return shared
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
-    return (cache / "odyssey" / "data" / "jsb").resolve()
+    return (user_cache_root() / "data" / "jsb").resolve()
 
 
 @register("jsb")
