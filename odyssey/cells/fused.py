@@ -47,6 +47,7 @@ import gc
 import torch
 from torch.autograd.function import once_differentiable
 
+from odyssey.cells import native
 from odyssey.cells.recurrence import Layout, recurrent_weight
 
 __all__ = ["FusedRecurrence"]
@@ -121,6 +122,141 @@ def _gc_paused(fn):
     return wrapper
 
 
+def _python_forward(lay: Layout, PRE, S, ZC, HC, w_rec, w_rec_t, peephole, active) -> None:
+    """The forward step loop in ATen ops: fills S, ZC and HC (see the module docstring)."""
+    T, M, _, B = PRE.shape
+    H, n_if, rows, blocks = lay.H, lay.n_if, lay.state_rows, lay.pre_blocks
+    gemv = w_rec_t is not None and B == 1 and M > 1
+    Z, C = ZC[:-1, :, 0], ZC[:, :, 1]
+    p_if, p_o = _expanded_peepholes(lay, peephole, B)
+    pres = PRE.unbind(0)
+    pre_if = PRE[:, :, blocks["if"]].view(T, M, n_if, H, B).unbind(0) if n_if else None
+    pre_g, pre_o = _steps(PRE, blocks["g"]), _steps(PRE, blocks["o"]) if lay.has_o else None
+    ys, cs, zs, hcs = _steps(S, rows["y"]), _steps(C), _steps(Z), _steps(HC)
+    cs_if = C.unsqueeze(2).unbind(0) if p_if is not None else None  # (M, 1, H, B): c' per i/f row
+    state = S.unbind(0) if lay.fgr else ys  # what each step's recurrent product reads
+    gate = {g: _steps(S, rows[g]) for g in ("if", *lay.if_gates, "o") if g in rows}
+    g_fn, h_fn = lay.g.fn, lay.h.fn
+    has_i, has_f = "i" in lay.if_gates, "f" in lay.if_gates
+    for t in range(T):
+        n = M if active is None else active[t]
+        if n == 0:
+            break
+        cut = _whole if n == M else (lambda v: v[:n])  # noqa: E731 - the members still running
+        _step_product(cut(pres[t]), cut(w_rec), cut(w_rec_t) if gemv else None, cut(state[t]))  # + R y'
+        c_prev, c, z = cut(cs[t]), cut(cs[t + 1]), cut(zs[t])
+        if n_if:
+            if p_if is not None:
+                cut(pre_if[t]).addcmul_(cut(p_if), cut(cs_if[t]))
+            torch.sigmoid(cut(pre_if[t]).view(n, n_if * H, B), out=cut(gate["if"][t + 1]))
+        i = cut(gate["i"][t + 1]) if has_i else None
+        f = cut(gate["f"][t + 1]) if has_f else None
+        g_fn(cut(pre_g[t]), out=z)
+        if lay.coupled:  # c = z*i + c'*(1 - i) = c' + i*(z - c')
+            torch.addcmul(c_prev, i, z - c_prev, out=c)
+        elif i is not None and f is not None:
+            torch.mul(z, i, out=c).addcmul_(c_prev, f)
+        elif i is not None:
+            torch.addcmul(c_prev, z, i, out=c)
+        elif f is not None:
+            torch.addcmul(z, c_prev, f, out=c)
+        else:
+            torch.add(z, c_prev, out=c)
+        hc = cut(hcs[t])
+        h_fn(c, out=hc)
+        if lay.has_o:  # the output-gate peephole reads the current cell
+            if p_o is not None:
+                cut(pre_o[t]).addcmul_(cut(p_o), c)
+            torch.mul(hc, torch.sigmoid(cut(pre_o[t]), out=cut(gate["o"][t + 1])), out=cut(ys[t + 1]))
+
+
+def _python_backward(lay: Layout, S, ZC, HC, w_rec, peephole, dY, dC, active) -> torch.Tensor:
+    """The backward step loop in ATen ops; returns dPRE (T, M, G*H, B)."""
+    Z, C = ZC[:-1, :, 0], ZC[:, :, 1]
+    T, M, H, B = Z.shape
+    n_if, rows, blocks = lay.n_if, lay.state_rows, lay.pre_blocks
+    w_rec_t = w_rec.transpose(1, 2).contiguous()  # a transposed view would make each step's product 1.7x slower
+    gemv = B == 1 and M > 1  # then d_state^T += dpre^T W reads W itself
+    alloc = Z.new_zeros if active is not None else Z.new_empty
+    dPRE = alloc(T, M, w_rec.shape[1], B)  # gradient of the pre-activations (M, G*H, B) per step
+    p_if, p_o = _expanded_peepholes(lay, peephole, B)
+    p_if_rows = p_if.unbind(1) if p_if is not None else ()
+
+    dpres = dPRE.unbind(0)
+    dpre_if = dPRE[:, :, blocks["if"]].view(T, M, n_if, H, B).unbind(0) if n_if else None
+    dpre_g, dpre_o = _steps(dPRE, blocks["g"]), _steps(dPRE, blocks["o"]) if lay.has_o else None
+    # DS[t] = the gradient reaching the state S[t+1] (y_t, and with FGR the gate activations):
+    # dY's share, copied in here, plus R^T dpre from step t+1, added in place in the loop.
+    DS = Z.new_zeros(T, M, w_rec.shape[2], B)
+    if dY is not None:
+        DS[:, :, :H] = dY.permute(1, 0, 3, 2)
+    d_states = DS.unbind(0)
+    dys = _steps(DS, rows["y"]) if lay.fgr else d_states  # without FGR, DS holds y's rows only
+    d_gate = {g: _steps(DS, rows[g]) for g in (*lay.if_gates, "o") if g in rows} if lay.fgr else {}
+    dcs = dC.permute(1, 0, 3, 2).unbind(0) if dC is not None else None
+    cs, zs, hcs = _steps(C), _steps(Z), _steps(HC)
+    gate = {g: _steps(S, rows[g]) for g in ("if", *lay.if_gates, "o") if g in rows}
+    both_if = lay.if_gates == ("i", "f") and not lay.coupled  # d[i, f] = dc * [z, c'] in one op
+    zcs = ZC[:-1].unbind(0) if both_if else None
+    d_gate_if = _steps(DS, rows["if"]) if both_if and lay.fgr else None
+    g_bwd, h_bwd = lay.g.backward, lay.h.backward
+    has_i, has_f = "i" in lay.if_gates, "f" in lay.if_gates
+
+    def act_grad(name: str, t: int, a: torch.Tensor, b: torch.Tensor, cut) -> torch.Tensor:
+        """a * b: the gradient reaching gate ``name``'s activation (+ FGR's share from step t+1)."""
+        return torch.addcmul(cut(d_gate[name][t]), a, b) if name in d_gate else a * b
+
+    dc_next = None  # gradient reaching c_t from step t+1
+    for t in range(T - 1, -1, -1):
+        n = M if active is None else active[t]
+        if n == 0:
+            continue
+        cut = _whole if n == M else (lambda v: v[:n])  # noqa: E731 - the members running at step t
+        if t < T - 1 and (active is None or active[t + 1]):
+            n1 = M if active is None else active[t + 1]
+            to = _whole if n1 == M else (lambda v: v[:n1])  # noqa: E731 - those still running at t+1
+            _step_product(to(d_states[t]), to(w_rec_t), to(w_rec) if gemv else None, to(dpres[t + 1]))
+        dy = cut(dys[t])
+        c_prev, z, hc = cut(cs[t]), cut(zs[t]), cut(hcs[t])
+        if lay.has_o:
+            o = cut(gate["o"][t + 1])
+            _sigmoid_backward(act_grad("o", t, dy, hc, cut), o, grad_input=cut(dpre_o[t]))
+            dc = h_bwd(dy * o, hc)
+            if p_o is not None:
+                dc.addcmul_(cut(dpre_o[t]), cut(p_o))
+        else:
+            dc = h_bwd(dy, hc)  # (identity h: dy itself; DS[t] is not read again)
+        if dc_next is not None:
+            if dc_next.shape[0] == n:
+                dc += dc_next
+            else:  # members whose sequences ended at t+1 get nothing from step t+1
+                dc[: dc_next.shape[0]] += dc_next
+        if dcs is not None:
+            dc += cut(dcs[t])
+        i = cut(gate["i"][t + 1]) if has_i else None
+        g_bwd(dc * i if i is not None else dc, z, out=cut(dpre_g[t]))
+        d_if = cut(dpre_if[t]) if n_if else None
+        if both_if:
+            dc2 = dc.unsqueeze(1)  # (n, 1, H, B) against [z; c'] (n, 2, H, B)
+            zc = cut(zcs[t])
+            d_act = dc2 * zc if d_gate_if is None else torch.addcmul(cut(d_gate_if[t]).view(n, 2, H, B), dc2, zc)
+            _sigmoid_backward(d_act, cut(gate["if"][t + 1]).view(n, 2, H, B), grad_input=d_if)
+        elif n_if:
+            for k, name in enumerate(lay.if_gates):
+                factor = (z - c_prev if lay.coupled else z) if name == "i" else c_prev
+                _sigmoid_backward(act_grad(name, t, dc, factor, cut), cut(gate[name][t + 1]), grad_input=d_if[:, k])
+        # What c_{t-1} receives: through c = ... + c' f, and through the i/f peepholes.
+        if lay.coupled:
+            dc_next = torch.addcmul(dc, dc, i, value=-1.0)  # dc * (1 - i)
+        elif has_f:
+            dc_next = dc * cut(gate["f"][t + 1])
+        else:
+            dc_next = dc
+        for k, p in enumerate(p_if_rows):
+            dc_next = torch.addcmul(dc_next, d_if[:, k], cut(p))
+    return dPRE
+
+
 class FusedRecurrence(torch.autograd.Function):
     """``(x (M, T, B, I), w_ih (M, G*H, I), bias (M, G*H), w_hh (M, G*H, H), peephole (M, P, H),
     w_gate (M, K*H, K*H)) -> (Y, C)``, each (M, T, B, H), from a zero state.
@@ -140,68 +276,33 @@ class FusedRecurrence(torch.autograd.Function):
 
     @staticmethod
     @_gc_paused
-    def forward(ctx, lay: Layout, x, w_ih, bias, w_hh, peephole, w_gate, active=None):
+    def forward(ctx, lay: Layout, x, w_ih, bias, w_hh, peephole, w_gate, active=None, hidden=None):
         M, T, B, _ = x.shape
-        H, n_if, rows, blocks = lay.H, lay.n_if, lay.state_rows, lay.pre_blocks
+        H = lay.H
+        lib = native.loop_for(x, B)
         w_rec = recurrent_weight(lay, w_hh, w_gate)  # (M, G*H, S)
         gemv = B == 1 and M > 1
-        w_rec_t = w_rec.transpose(1, 2).contiguous() if gemv else None  # (M, S, G*H)
+        w_rec_t = w_rec.transpose(1, 2).contiguous() if gemv or lib else None  # (M, S, G*H)
         # The input projections of all steps, in the feature-major layout: PRE[t] = W x_t + b
         # (M, G*H, B); each step then adds R y' in place.
         PRE = _input_projection(x, w_ih, bias)
-        alloc = x.new_zeros if active is not None else x.new_empty  # skipped steps stay exact zeros
+        # Skipped steps and (compiled loop) padded units stay exact zeros.
+        alloc = x.new_zeros if active is not None or lib else x.new_empty
         S = alloc(T + 1, M, H + lay.K * H, B)
         S[0].zero_()
         # ZC[t] = [z_t; c_{t-1}]: the factors of the i and f gates in c = z*i + c'*f, side by side, so
         # the backward pass forms both gates' gradients with one op.
         ZC = alloc(T + 1, M, 2, H, B)
         ZC[0, :, 1].zero_()
-        Z, C = ZC[:-1, :, 0], ZC[:, :, 1]
         HC = alloc(T, M, H, B) if lay.has_o else S[1:, :, :H]  # no output gate: y = h(c)
-        p_if, p_o = _expanded_peepholes(lay, peephole, B)
-
-        pres = PRE.unbind(0)
-        pre_if = PRE[:, :, blocks["if"]].view(T, M, n_if, H, B).unbind(0) if n_if else None
-        pre_g, pre_o = _steps(PRE, blocks["g"]), _steps(PRE, blocks["o"]) if lay.has_o else None
-        ys, cs, zs, hcs = _steps(S, rows["y"]), _steps(C), _steps(Z), _steps(HC)
-        cs_if = C.unsqueeze(2).unbind(0) if p_if is not None else None  # (M, 1, H, B): c' per i/f row
-        state = S.unbind(0) if lay.fgr else ys  # what each step's recurrent product reads
-        gate = {g: _steps(S, rows[g]) for g in ("if", *lay.if_gates, "o") if g in rows}
-        g_fn, h_fn = lay.g.fn, lay.h.fn
-        has_i, has_f = "i" in lay.if_gates, "f" in lay.if_gates
-        for t in range(T):
-            n = M if active is None else active[t]
-            if n == 0:
-                break
-            cut = _whole if n == M else (lambda v: v[:n])  # noqa: E731 - the members still running
-            _step_product(cut(pres[t]), cut(w_rec), cut(w_rec_t) if gemv else None, cut(state[t]))  # + R y'
-            c_prev, c, z = cut(cs[t]), cut(cs[t + 1]), cut(zs[t])
-            if n_if:
-                if p_if is not None:
-                    cut(pre_if[t]).addcmul_(cut(p_if), cut(cs_if[t]))
-                torch.sigmoid(cut(pre_if[t]).view(n, n_if * H, B), out=cut(gate["if"][t + 1]))
-            i = cut(gate["i"][t + 1]) if has_i else None
-            f = cut(gate["f"][t + 1]) if has_f else None
-            g_fn(cut(pre_g[t]), out=z)
-            if lay.coupled:  # c = z*i + c'*(1 - i) = c' + i*(z - c')
-                torch.addcmul(c_prev, i, z - c_prev, out=c)
-            elif i is not None and f is not None:
-                torch.mul(z, i, out=c).addcmul_(c_prev, f)
-            elif i is not None:
-                torch.addcmul(c_prev, z, i, out=c)
-            elif f is not None:
-                torch.addcmul(z, c_prev, f, out=c)
-            else:
-                torch.add(z, c_prev, out=c)
-            hc = cut(hcs[t])
-            h_fn(c, out=hc)
-            if lay.has_o:  # the output-gate peephole reads the current cell
-                if p_o is not None:
-                    cut(pre_o[t]).addcmul_(cut(p_o), c)
-                torch.mul(hc, torch.sigmoid(cut(pre_o[t]), out=cut(gate["o"][t + 1])), out=cut(ys[t + 1]))
-        ctx.lay, ctx.active = lay, active
+        if lib:
+            native.lstm_forward(lib, lay, PRE, S, ZC, HC if lay.has_o else None, w_rec_t, peephole, active, hidden)
+        else:
+            _python_forward(lay, PRE, S, ZC, HC, w_rec, w_rec_t, peephole, active)
+        ctx.lay, ctx.active, ctx.hidden = lay, active, hidden
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, w_ih, w_hh, peephole, w_gate, S, ZC, HC)
+        C = ZC[:, :, 1]
         return S[1:, :, :H].permute(1, 0, 3, 2), C[1:].permute(1, 0, 3, 2)
 
     @staticmethod
@@ -215,85 +316,11 @@ class FusedRecurrence(torch.autograd.Function):
         T, M, H, B = Z.shape
         n_if, rows, blocks = lay.n_if, lay.state_rows, lay.pre_blocks
         w_rec = recurrent_weight(lay, w_hh, w_gate)
-        w_rec_t = w_rec.transpose(1, 2).contiguous()  # a transposed view would make each step's product 1.7x slower
-        gemv = B == 1 and M > 1  # then d_state^T += dpre^T W reads W itself
-        alloc = Z.new_zeros if active is not None else Z.new_empty
-        dPRE = alloc(T, M, w_rec.shape[1], B)  # gradient of the pre-activations (M, G*H, B) per step
-        p_if, p_o = _expanded_peepholes(lay, peephole, B)
-        p_if_rows = p_if.unbind(1) if p_if is not None else ()
-
-        dpres = dPRE.unbind(0)
-        dpre_if = dPRE[:, :, blocks["if"]].view(T, M, n_if, H, B).unbind(0) if n_if else None
-        dpre_g, dpre_o = _steps(dPRE, blocks["g"]), _steps(dPRE, blocks["o"]) if lay.has_o else None
-        # DS[t] = the gradient reaching the state S[t+1] (y_t, and with FGR the gate activations):
-        # dY's share, copied in here, plus R^T dpre from step t+1, added in place in the loop.
-        DS = Z.new_zeros(T, M, w_rec.shape[2], B)
-        if dY is not None:
-            DS[:, :, :H] = dY.permute(1, 0, 3, 2)
-        d_states = DS.unbind(0)
-        dys = _steps(DS, rows["y"]) if lay.fgr else d_states  # without FGR, DS holds y's rows only
-        d_gate = {g: _steps(DS, rows[g]) for g in (*lay.if_gates, "o") if g in rows} if lay.fgr else {}
-        dcs = dC.permute(1, 0, 3, 2).unbind(0) if dC is not None else None
-        cs, zs, hcs = _steps(C), _steps(Z), _steps(HC)
-        gate = {g: _steps(S, rows[g]) for g in ("if", *lay.if_gates, "o") if g in rows}
-        both_if = lay.if_gates == ("i", "f") and not lay.coupled  # d[i, f] = dc * [z, c'] in one op
-        zcs = ZC[:-1].unbind(0) if both_if else None
-        d_gate_if = _steps(DS, rows["if"]) if both_if and lay.fgr else None
-        g_bwd, h_bwd = lay.g.backward, lay.h.backward
-        has_i, has_f = "i" in lay.if_gates, "f" in lay.if_gates
-
-        def act_grad(name: str, t: int, a: torch.Tensor, b: torch.Tensor, cut) -> torch.Tensor:
-            """a * b: the gradient reaching gate ``name``'s activation (+ FGR's share from step t+1)."""
-            return torch.addcmul(cut(d_gate[name][t]), a, b) if name in d_gate else a * b
-
-        dc_next = None  # gradient reaching c_t from step t+1
-        for t in range(T - 1, -1, -1):
-            n = M if active is None else active[t]
-            if n == 0:
-                continue
-            cut = _whole if n == M else (lambda v: v[:n])  # noqa: E731 - the members running at step t
-            if t < T - 1 and (active is None or active[t + 1]):
-                n1 = M if active is None else active[t + 1]
-                to = _whole if n1 == M else (lambda v: v[:n1])  # noqa: E731 - those still running at t+1
-                _step_product(to(d_states[t]), to(w_rec_t), to(w_rec) if gemv else None, to(dpres[t + 1]))
-            dy = cut(dys[t])
-            c_prev, z, hc = cut(cs[t]), cut(zs[t]), cut(hcs[t])
-            if lay.has_o:
-                o = cut(gate["o"][t + 1])
-                _sigmoid_backward(act_grad("o", t, dy, hc, cut), o, grad_input=cut(dpre_o[t]))
-                dc = h_bwd(dy * o, hc)
-                if p_o is not None:
-                    dc.addcmul_(cut(dpre_o[t]), cut(p_o))
-            else:
-                dc = h_bwd(dy, hc)  # (identity h: dy itself; DS[t] is not read again)
-            if dc_next is not None:
-                if dc_next.shape[0] == n:
-                    dc += dc_next
-                else:  # members whose sequences ended at t+1 get nothing from step t+1
-                    dc[: dc_next.shape[0]] += dc_next
-            if dcs is not None:
-                dc += cut(dcs[t])
-            i = cut(gate["i"][t + 1]) if has_i else None
-            g_bwd(dc * i if i is not None else dc, z, out=cut(dpre_g[t]))
-            d_if = cut(dpre_if[t]) if n_if else None
-            if both_if:
-                dc2 = dc.unsqueeze(1)  # (n, 1, H, B) against [z; c'] (n, 2, H, B)
-                zc = cut(zcs[t])
-                d_act = dc2 * zc if d_gate_if is None else torch.addcmul(cut(d_gate_if[t]).view(n, 2, H, B), dc2, zc)
-                _sigmoid_backward(d_act, cut(gate["if"][t + 1]).view(n, 2, H, B), grad_input=d_if)
-            elif n_if:
-                for k, name in enumerate(lay.if_gates):
-                    factor = (z - c_prev if lay.coupled else z) if name == "i" else c_prev
-                    _sigmoid_backward(act_grad(name, t, dc, factor, cut), cut(gate[name][t + 1]), grad_input=d_if[:, k])
-            # What c_{t-1} receives: through c = ... + c' f, and through the i/f peepholes.
-            if lay.coupled:
-                dc_next = torch.addcmul(dc, dc, i, value=-1.0)  # dc * (1 - i)
-            elif has_f:
-                dc_next = dc * cut(gate["f"][t + 1])
-            else:
-                dc_next = dc
-            for k, p in enumerate(p_if_rows):
-                dc_next = torch.addcmul(dc_next, d_if[:, k], cut(p))
+        lib = native.loop_for(Z, B)
+        if lib:
+            dPRE = native.lstm_backward(lib, lay, S, ZC, HC if lay.has_o else None, w_rec, peephole, dY, dC, active, ctx.hidden)
+        else:
+            dPRE = _python_backward(lay, S, ZC, HC, w_rec, peephole, dY, dC, active)
         # Gradients of the weights and the input: sums over all steps, as large batched products
         # over dPRE laid out (M, G*H, T*B) once.
         T_B = T * B
@@ -315,4 +342,4 @@ class FusedRecurrence(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             d_x = torch.bmm(d_pre.transpose(1, 2), w_ih).view(M, T, B, -1)
         d_w_ih = torch.bmm(d_pre, x.reshape(M, T_B, -1))
-        return None, d_x, d_w_ih, d_pre.sum(2), d_w_hh, d_peep, d_w_gate, None
+        return None, d_x, d_w_ih, d_pre.sum(2), d_w_hh, d_peep, d_w_gate, None, None

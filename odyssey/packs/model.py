@@ -175,7 +175,7 @@ class PackedSequenceModel:
             x = x.unsqueeze(0).expand(M, *x.shape)  # stride 0: the input projection is one GEMM
         if lengths.dim() == 1:
             lengths = lengths.unsqueeze(0).expand(M, -1)
-        params, active, inverse = self.params, None, None
+        params, active, inverse, hidden = self.params, None, None, self.hidden_sizes
         if member_steps is not None:
             order = torch.sort(member_steps, descending=True, stable=True).indices
             steps = member_steps[order]
@@ -185,26 +185,27 @@ class PackedSequenceModel:
                 params = {k: v.index_select(0, device_order) for k, v in params.items()}  # autograd scatters back
                 x, lengths = x.index_select(0, device_order), lengths.index_select(0, device_order)
                 inverse = torch.argsort(order).to(x.device)
-        out = self._run(params, x, lengths, active)
+                hidden = [self.hidden_sizes[m] for m in order.tolist()]
+        out = self._run(params, x, lengths, active, hidden)
         return out if inverse is None else out.index_select(0, inverse)
 
     __call__ = forward
 
-    def _run(self, params: dict[str, torch.Tensor], x: torch.Tensor, lengths: torch.Tensor, active) -> torch.Tensor:
+    def _run(self, params: dict[str, torch.Tensor], x: torch.Tensor, lengths: torch.Tensor, active, hidden) -> torch.Tensor:
         M, T, B, _ = x.shape
         last = (lengths.to(x.device) - 1).unsqueeze(1)  # (M, 1, B)
         for k in range(self.num_layers):
-            outs = [self._direction(params, x, k, "", active)]
+            outs = [self._direction(params, x, k, "", active, hidden)]
             if self.bidirectional:
                 rev = reverse_index(T, last)  # (M, T, B): reverses each sequence within its length
                 xr = x.gather(1, rev.unsqueeze(-1).expand(*rev.shape, x.shape[-1]))
-                yr = self._direction(params, xr, k, "_reverse", active)
+                yr = self._direction(params, xr, k, "_reverse", active, hidden)
                 outs.append(yr.gather(1, rev.unsqueeze(-1).expand_as(yr)))
             x = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]  # (M, T, B, H * directions)
         w, b = params["head.weight"], params["head.bias"]  # (M, O, F), (M, O)
         out = torch.baddbmm(b.unsqueeze(1), x.reshape(M, T * B, -1), w.transpose(1, 2))
         return out.view(M, T, B, -1)
 
-    def _direction(self, params: dict[str, torch.Tensor], x: torch.Tensor, layer: int, sfx: str, active) -> torch.Tensor:
+    def _direction(self, params: dict[str, torch.Tensor], x: torch.Tensor, layer: int, sfx: str, active, hidden) -> torch.Tensor:
         weights = {name: params[key] for name, key in self._direction_keys[layer, sfx].items()}
-        return self.members_forward(self.spec, x, weights, active)  # (M, T, B, H)
+        return self.members_forward(self.spec, x, weights, active, hidden)  # (M, T, B, H)

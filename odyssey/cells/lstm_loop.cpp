@@ -1,0 +1,364 @@
+// The LSTM time loop of odyssey.cells.fused.FusedRecurrence, compiled: the whole forward pass and
+// the whole backward pass (BPTT) over T steps of M members in one call each, on the CPU.
+//
+// The Python loop issues ~40 small ATen ops per step; at batch 1 (the paper's online SGD) each
+// moves a few hundred numbers, so the dispatch, not the arithmetic, is the cost. Here a step is
+// two loops per member: the recurrent product, then one pass over the units for every gate.
+// The buffers, their layouts and the equations are those of odyssey/cells/fused.py (read its
+// docstring first); this file only fills the same buffers:
+//
+//   PRE (T, M, G*H, B)  in: W x_t + b        (forward; the peephole terms are not written back)
+//   S   (T+1, M, H + K*H, B)  out: S[t+1] = [y_t; own gate activations i, f, o]; S[0] = 0
+//   ZC  (T+1, M, 2, H, B)     out: ZC[t] = [z_t; c_{t-1}]
+//   HC  (T, M, H, B)          out: h(c_t) (with an output gate; else y is h(c) itself)
+//   WT  (M, R, G*H)  the recurrent matrix transposed, R = H (+ K*H with FGR): pre += WT^T s
+//   W   (M, G*H, R)  the recurrent matrix (backward: ds += W^T dpre)
+//   DS  (T, M, R, B)  in/out: the gradient reaching S[t+1]'s first R rows (dY's share in, R^T dpre added)
+//   dPRE (T, M, G*H, B) out; dC (T, M, H, B) optional in; P (M, K, H, B) peepholes (i, f, o order), expanded over B
+//
+// Member m computes only its own units u < hidden[m] (a pack pads hidden sizes to H; the padded
+// units' weights are zero, so their values are exactly zero on the Python path too, except FGR's
+// padded gate activations, which feed only zero weights). Every buffer is zero-initialised by the
+// caller, so what is not written stays zero. Members m >= active[t] are skipped at step t.
+//
+// Summation order: every sum over the state (forward) or the pre-activations (backward) runs in
+// ascending index order per output element, whatever M, B and alignment are, so a member's
+// numbers do not depend on the rest of the pack. No -ffast-math: NaN and inf propagate as in
+// ATen, and a diverged member is found by the trainer's per-epoch check.
+
+#include <cmath>
+#include <cstdint>
+
+namespace {
+
+enum Act : int64_t { TANH = 0, SIGMOID = 1, IDENTITY = 2, RELU = 3, SIGMOID4 = 4, SIGMOID2 = 5 };
+
+// exp, sigmoid and tanh as branch-free inline code (Cephes' range reduction and polynomials),
+// so that the compiler vectorizes the loops over units; glibc's scalar tanhf alone cost more
+// than the rest of a step. Float: within 2 ulp; double: within 2 ulp of exp, tanh within
+// 1e-15. NaN passes through every one (no comparison turns it into a number).
+inline float exp_(float x) {
+  x = x > 88.3762626647949f ? 88.3762626647949f : x;
+  x = x < -87.3365447504f ? -87.3365447504f : x;
+  float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  n = n == n ? n : 0.0f;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  __builtin_memcpy(&scale, &bits, sizeof scale);
+  return y * scale;
+}
+
+inline double exp_(double x) {
+  x = x > 709.0 ? 709.0 : x;
+  x = x < -708.0 ? -708.0 : x;
+  double n = __builtin_floor(x * 1.4426950408889634073599 + 0.5);
+  n = n == n ? n : 0.0;
+  double r = x - n * 6.93145751953125e-1;
+  r = r - n * 1.42860682030941723212e-6;
+  const double rr = r * r;
+  double px = ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr + 9.99999999999999999910e-1) * r;
+  double qx = ((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr + 2.27265548208155028766e-1) * rr +
+              2.00000000000000000009e0;
+  double y = 1.0 + 2.0 * (px / (qx - px));
+  int64_t bits = (static_cast<int64_t>(n) + 1023) << 52;
+  double scale;
+  __builtin_memcpy(&scale, &bits, sizeof scale);
+  return y * scale;
+}
+
+template <typename F>
+inline F sigmoid(F x) { return F(1) / (F(1) + exp_(-x)); }
+
+// tanh: an odd polynomial (float) or rational function (double) for |x| < 0.625, else
+// sign(x) (1 - 2 / (e^{2|x|} + 1)).
+inline float tanh_small(float x) {
+  const float z = x * x;
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  return p * z * x + x;
+}
+
+inline double tanh_small(double x) {
+  const double z = x * x;
+  const double p = (-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z - 1.61468768441708447952e3;
+  const double q = ((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z + 4.84406305325125486048e3;
+  return x + x * (z * p / q);
+}
+
+template <typename F>
+inline F tanh_(F x) {
+  const F a = x < F(0) ? -x : x;
+  const F big = F(1) - F(2) / (exp_(a + a) + F(1));
+  const F signed_big = x < F(0) ? -big : big;
+  return a < F(0.625) ? tanh_small(x) : signed_big;
+}
+
+template <typename F>
+void act(int64_t kind, int64_t n, const F* __restrict__ x, F* __restrict__ y) {
+  switch (kind) {
+    case TANH: for (int64_t e = 0; e < n; ++e) y[e] = tanh_(x[e]); break;
+    case SIGMOID: for (int64_t e = 0; e < n; ++e) y[e] = sigmoid(x[e]); break;
+    case IDENTITY: for (int64_t e = 0; e < n; ++e) y[e] = x[e]; break;
+    case RELU: for (int64_t e = 0; e < n; ++e) y[e] = x[e] > F(0) ? x[e] : F(0); break;
+    case SIGMOID4: for (int64_t e = 0; e < n; ++e) y[e] = sigmoid(x[e]) * F(4) - F(2); break;
+    default: for (int64_t e = 0; e < n; ++e) y[e] = sigmoid(x[e]) * F(2) - F(1); break;
+  }
+}
+
+// dx = dL/dx given g = dL/dy and the output y = act(x) (odyssey/cells/activations.py's table).
+template <typename F>
+void act_backward(int64_t kind, int64_t n, const F* __restrict__ g, const F* __restrict__ y, F* __restrict__ dx) {
+  switch (kind) {
+    case TANH: for (int64_t e = 0; e < n; ++e) dx[e] = g[e] * (F(1) - y[e] * y[e]); break;
+    case SIGMOID: for (int64_t e = 0; e < n; ++e) dx[e] = g[e] * (F(1) - y[e]) * y[e]; break;
+    case IDENTITY: for (int64_t e = 0; e < n; ++e) dx[e] = g[e]; break;
+    case RELU: for (int64_t e = 0; e < n; ++e) dx[e] = y[e] > F(0) ? g[e] : F(0); break;
+    case SIGMOID4:
+      for (int64_t e = 0; e < n; ++e) { const F s = (y[e] + F(2)) / F(4); dx[e] = g[e] * F(4) * (F(1) - s) * s; }
+      break;
+    default:
+      for (int64_t e = 0; e < n; ++e) { const F s = (y[e] + F(1)) / F(2); dx[e] = g[e] * F(2) * (F(1) - s) * s; }
+      break;
+  }
+}
+
+// y = sigmoid(x + p * c) (p null: sigmoid(x))
+template <typename F>
+void gate(int64_t n, const F* __restrict__ x, const F* __restrict__ p, const F* __restrict__ c, F* __restrict__ y) {
+  if (p) for (int64_t e = 0; e < n; ++e) y[e] = sigmoid(x[e] + p[e] * c[e]);
+  else for (int64_t e = 0; e < n; ++e) y[e] = sigmoid(x[e]);
+}
+
+// out[0:n] += s0 a0 + s1 a1 + ... (row by row, in this order: four axpys fused into one pass).
+template <typename F>
+inline void axpy4(int64_t n, const F* s, const F* const* a, F* __restrict__ out) {
+  const F s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
+  const F* __restrict__ a0 = a[0];
+  const F* __restrict__ a1 = a[1];
+  const F* __restrict__ a2 = a[2];
+  const F* __restrict__ a3 = a[3];
+  for (int64_t u = 0; u < n; ++u) out[u] = (((out[u] + s0 * a0[u]) + s1 * a1[u]) + s2 * a2[u]) + s3 * a3[u];
+}
+
+template <typename F>
+inline void axpy(int64_t n, F s, const F* __restrict__ a, F* __restrict__ out) {
+  for (int64_t u = 0; u < n; ++u) out[u] += s * a[u];
+}
+
+struct Dims {
+  int64_t M, T, B, H, n_if, has_i, has_f, has_o, coupled, peep, fgr, g_act, h_act;
+  int64_t G() const { return n_if + 1 + has_o; }  // blocks: [i, f | g | o]
+  int64_t K() const { return n_if + has_o; }
+  int64_t SR() const { return H + K() * H; }    // rows of S
+  int64_t R() const { return fgr ? SR() : H; }  // rows of the recurrent state
+};
+
+// A list of row segments [first, first + count): the real rows of a member with hm units.
+struct Segments {
+  int64_t first[8], count[8], n = 0;
+  void add(int64_t f, int64_t c) { first[n] = f; count[n] = c; ++n; }
+};
+
+inline Segments state_segments(const Dims& d, int64_t hm) {  // [0, hm) and FGR's gate blocks
+  Segments s;
+  s.add(0, hm);
+  if (d.fgr)
+    for (int64_t q = 0; q < d.K(); ++q) s.add(d.H + q * d.H, hm);
+  return s;
+}
+
+inline Segments block_segments(const Dims& d, int64_t hm) {  // each pre-activation block's first hm rows
+  Segments s;
+  for (int64_t g = 0; g < d.G(); ++g) s.add(g * d.H, hm);
+  return s;
+}
+
+// out (cols, B) += A^T in for A (rows, cols) row-major, over the real rows and columns only:
+// out[c, b] += sum_r A[r, c] in[r, b], with r ascending for every element.
+template <typename F>
+void product(int64_t B, int64_t cols, const F* A, const F* in, F* out, const Segments& rows, const Segments& outs) {
+  for (int64_t k = 0; k < rows.n; ++k) {
+    const int64_t r0 = rows.first[k], r1 = r0 + rows.count[k];
+    if (B == 1) {
+      int64_t r = r0;
+      for (; r + 4 <= r1; r += 4) {
+        const F* a[4] = {A + r * cols, A + (r + 1) * cols, A + (r + 2) * cols, A + (r + 3) * cols};
+        for (int64_t j = 0; j < outs.n; ++j) {
+          const int64_t c0 = outs.first[j];
+          const F* ac[4] = {a[0] + c0, a[1] + c0, a[2] + c0, a[3] + c0};
+          axpy4(outs.count[j], in + r, ac, out + c0);
+        }
+      }
+      for (; r < r1; ++r)
+        for (int64_t j = 0; j < outs.n; ++j) axpy(outs.count[j], in[r], A + r * cols + outs.first[j], out + outs.first[j]);
+    } else {
+      for (int64_t r = r0; r < r1; ++r) {
+        const F* a = A + r * cols;
+        for (int64_t j = 0; j < outs.n; ++j)
+          for (int64_t c = outs.first[j]; c < outs.first[j] + outs.count[j]; ++c) axpy(B, a[c], in + r * B, out + c * B);
+      }
+    }
+  }
+}
+
+template <typename F>
+void forward(const Dims& d, F* PRE, F* S, F* ZC, F* HC, const F* WT, const F* P, const int64_t* active,
+             const int64_t* hidden) {
+  const int64_t M = d.M, B = d.B, H = d.H, GH = d.G() * H, SR = d.SR(), R = d.R(), n_if = d.n_if, K = d.K();
+  const int64_t HB = H * B, kf = d.has_i ? 1 : 0;  // f's block among the i/f gates
+  for (int64_t t = 0; t < d.T; ++t) {
+    const int64_t n = active ? active[t] : M;
+    for (int64_t m = 0; m < n; ++m) {
+      const int64_t hm = hidden ? hidden[m] : H, E = hm * B;  // a member's real (unit, batch) elements
+      F* pre = PRE + (t * M + m) * GH * B;
+      const F* s = S + (t * M + m) * SR * B;
+      F* s_next = S + ((t + 1) * M + m) * SR * B;
+      const F* c_prev = ZC + ((t * M + m) * 2 + 1) * HB;
+      F* z = ZC + ((t * M + m) * 2) * HB;
+      F* c = ZC + (((t + 1) * M + m) * 2 + 1) * HB;
+      F* hc = d.has_o ? HC + (t * M + m) * HB : s_next;  // no output gate: y = h(c) itself
+      const F* p = d.peep ? P + m * K * HB : nullptr;   // (K, H, B): the peepholes, expanded over B
+      product<F>(B, GH, WT + m * R * GH, s, pre, state_segments(d, hm), block_segments(d, hm));  // + R y'
+      F* i = s_next + HB;
+      F* f = s_next + HB + kf * HB;
+      if (d.has_i) gate<F>(E, pre, p, c_prev, i);
+      if (d.has_f) gate<F>(E, pre + kf * HB, p ? p + kf * HB : nullptr, c_prev, f);
+      act<F>(d.g_act, E, pre + n_if * HB, z);
+      if (d.coupled) for (int64_t e = 0; e < E; ++e) c[e] = c_prev[e] + i[e] * (z[e] - c_prev[e]);
+      else if (d.has_i && d.has_f) for (int64_t e = 0; e < E; ++e) c[e] = z[e] * i[e] + c_prev[e] * f[e];
+      else if (d.has_i) for (int64_t e = 0; e < E; ++e) c[e] = c_prev[e] + z[e] * i[e];
+      else if (d.has_f) for (int64_t e = 0; e < E; ++e) c[e] = z[e] + c_prev[e] * f[e];
+      else for (int64_t e = 0; e < E; ++e) c[e] = z[e] + c_prev[e];
+      act<F>(d.h_act, E, c, hc);
+      if (d.has_o) {  // the output-gate peephole reads the current cell
+        F* o = s_next + HB + n_if * HB;
+        gate<F>(E, pre + (n_if + 1) * HB, p ? p + n_if * HB : nullptr, c, o);
+        for (int64_t e = 0; e < E; ++e) s_next[e] = hc[e] * o[e];
+      }
+    }
+  }
+}
+
+template <typename F>
+void backward(const Dims& d, const F* S, const F* ZC, const F* HC, const F* W, const F* P, F* DS, F* dPRE,
+              const F* dC, F* DCN, F* scratch, const int64_t* active, const int64_t* hidden) {
+  const int64_t M = d.M, B = d.B, H = d.H, GH = d.G() * H, SR = d.SR(), R = d.R(), n_if = d.n_if, K = d.K();
+  const int64_t HB = H * B, kf = d.has_i ? 1 : 0;
+  F* dc = scratch;        // (H, B): the gradient reaching c_t
+  F* tmp = scratch + HB;  // (H, B)
+  for (int64_t t = d.T - 1; t >= 0; --t) {
+    const int64_t n = active ? active[t] : M;
+    const int64_t n1 = t + 1 < d.T ? (active ? active[t + 1] : M) : 0;
+    for (int64_t m = 0; m < n; ++m) {
+      const int64_t hm = hidden ? hidden[m] : H, E = hm * B;
+      F* ds = DS + (t * M + m) * R * B;
+      if (m < n1)  // ds += W^T dpre_{t+1}: what step t+1's pre-activations pass back to S[t+1]
+        product<F>(B, R, W + m * GH * R, dPRE + ((t + 1) * M + m) * GH * B, ds, block_segments(d, hm), state_segments(d, hm));
+      F* dpre = dPRE + (t * M + m) * GH * B;
+      const F* s_next = S + ((t + 1) * M + m) * SR * B;
+      const F* z = ZC + ((t * M + m) * 2) * HB;
+      const F* c_prev = ZC + ((t * M + m) * 2 + 1) * HB;
+      const F* hc = d.has_o ? HC + (t * M + m) * HB : s_next;
+      const F* p = d.peep ? P + m * K * HB : nullptr;
+      const F* i = s_next + HB;
+      const F* f = s_next + HB + kf * HB;
+      F* dcn = DCN + m * HB;  // what c_t passes to c_{t-1}; zero before a member's last step
+      const F* dy = ds;
+      if (d.has_o) {
+        const F* o = s_next + HB + n_if * HB;
+        F* dpo = dpre + (n_if + 1) * HB;
+        const F* ds_o = ds + HB + n_if * HB;  // FGR: what o_t's activation gets from step t+1
+        if (d.fgr) for (int64_t e = 0; e < E; ++e) dpo[e] = (dy[e] * hc[e] + ds_o[e]) * (F(1) - o[e]) * o[e];
+        else for (int64_t e = 0; e < E; ++e) dpo[e] = dy[e] * hc[e] * (F(1) - o[e]) * o[e];
+        for (int64_t e = 0; e < E; ++e) tmp[e] = dy[e] * o[e];
+        act_backward<F>(d.h_act, E, tmp, hc, dc);
+        if (p) {
+          const F* p_o = p + n_if * HB;
+          for (int64_t e = 0; e < E; ++e) dc[e] += dpo[e] * p_o[e];
+        }
+      } else {
+        act_backward<F>(d.h_act, E, dy, hc, dc);
+      }
+      for (int64_t e = 0; e < E; ++e) dc[e] += dcn[e];
+      if (dC) {
+        const F* dc_in = dC + (t * M + m) * HB;
+        for (int64_t e = 0; e < E; ++e) dc[e] += dc_in[e];
+      }
+      if (d.has_i) {
+        for (int64_t e = 0; e < E; ++e) tmp[e] = dc[e] * i[e];
+        act_backward<F>(d.g_act, E, tmp, z, dpre + n_if * HB);
+      } else {
+        act_backward<F>(d.g_act, E, dc, z, dpre + n_if * HB);
+      }
+      if (d.has_i) {
+        F* dpi = dpre;
+        const F* ds_i = ds + HB;
+        for (int64_t e = 0; e < E; ++e) {
+          const F factor = d.coupled ? z[e] - c_prev[e] : z[e];
+          const F da = d.fgr ? dc[e] * factor + ds_i[e] : dc[e] * factor;
+          dpi[e] = da * (F(1) - i[e]) * i[e];
+        }
+      }
+      if (d.has_f) {
+        F* dpf = dpre + kf * HB;
+        const F* ds_f = ds + HB + kf * HB;
+        for (int64_t e = 0; e < E; ++e) {
+          const F da = d.fgr ? dc[e] * c_prev[e] + ds_f[e] : dc[e] * c_prev[e];
+          dpf[e] = da * (F(1) - f[e]) * f[e];
+        }
+      }
+      // What c_{t-1} receives: through c = ... + c' f, and through the i/f peepholes.
+      if (d.coupled) for (int64_t e = 0; e < E; ++e) dcn[e] = dc[e] - dc[e] * i[e];
+      else if (d.has_f) for (int64_t e = 0; e < E; ++e) dcn[e] = dc[e] * f[e];
+      else for (int64_t e = 0; e < E; ++e) dcn[e] = dc[e];
+      if (p)
+        for (int64_t k = 0; k < n_if; ++k) {
+          const F* dp = dpre + k * HB;
+          const F* pk = p + k * HB;
+          for (int64_t e = 0; e < E; ++e) dcn[e] += dp[e] * pk[e];
+        }
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// dims: M, T, B, H, n_if, has_i, has_f, has_o, coupled, peep, fgr, g_act, h_act (13 int64).
+// Pointers may be null where fused.py's buffer is absent (HC without an output gate, P without
+// peepholes, active for "all members every step", hidden for "every member has H units").
+void odyssey_lstm_forward_f32(const int64_t* dims, float* PRE, float* S, float* ZC, float* HC, const float* WT,
+                              const float* P, const int64_t* active, const int64_t* hidden) {
+  forward<float>(*reinterpret_cast<const Dims*>(dims), PRE, S, ZC, HC, WT, P, active, hidden);
+}
+void odyssey_lstm_forward_f64(const int64_t* dims, double* PRE, double* S, double* ZC, double* HC, const double* WT,
+                              const double* P, const int64_t* active, const int64_t* hidden) {
+  forward<double>(*reinterpret_cast<const Dims*>(dims), PRE, S, ZC, HC, WT, P, active, hidden);
+}
+// DCN: (M, H, B), zero on entry; scratch: (2, H, B).
+void odyssey_lstm_backward_f32(const int64_t* dims, const float* S, const float* ZC, const float* HC, const float* W,
+                               const float* P, float* DS, float* dPRE, const float* dC, float* DCN, float* scratch,
+                               const int64_t* active, const int64_t* hidden) {
+  backward<float>(*reinterpret_cast<const Dims*>(dims), S, ZC, HC, W, P, DS, dPRE, dC, DCN, scratch, active, hidden);
+}
+void odyssey_lstm_backward_f64(const int64_t* dims, const double* S, const double* ZC, const double* HC, const double* W,
+                               const double* P, double* DS, double* dPRE, const double* dC, double* DCN, double* scratch,
+                               const int64_t* active, const int64_t* hidden) {
+  backward<double>(*reinterpret_cast<const Dims*>(dims), S, ZC, HC, W, P, DS, dPRE, dC, DCN, scratch, active, hidden);
+}
+int64_t odyssey_lstm_abi() { return 2; }
+
+}
