@@ -106,12 +106,13 @@ class HiddenStateLayer(RecurrentLayer):
     ``nn.GRU`` and ``nn.RNN`` do."""
 
     @staticmethod
-    def members_forward(spec: VariantSpec, x: torch.Tensor, weights: dict[str, torch.Tensor], active=None, hidden=None) -> torch.Tensor:
+    def members_forward(spec: VariantSpec, x: torch.Tensor, weights: dict[str, torch.Tensor], active=None, hidden=None, steps=None) -> torch.Tensor:
         """M layers at once: x (M, T, B, I), ``weights`` by base name, each (M, ...) -> (M, T, B, H).
 
         ``active``: the members still running at each step (see ``run_steps``); ``hidden``: each
         member's own hidden size when the weights are padded to H (a family may skip the padded
-        units, whose values are exact zeros either way)."""
+        units, whose values are exact zeros either way); ``steps``: each member's own number of
+        steps in any order, instead of ``active`` (only the compiled LSTM loop is handed it)."""
         raise NotImplementedError
 
     def _direction(self, x: torch.Tensor, sfx: str) -> tuple[torch.Tensor]:

@@ -122,6 +122,20 @@ def _gc_paused(fn):
     return wrapper
 
 
+def _member_steps(active: tuple[int, ...], M: int) -> list[int]:
+    """Each member's number of steps from a prefix schedule (``active[t]`` members run step t)."""
+    return [sum(1 for n in active if n > m) for m in range(M)]
+
+
+def _prefix_schedule(steps, T: int) -> tuple[int, ...] | None:
+    """The prefix schedule of per-member ``steps`` when they are sorted longest first, else None
+    (every member runs all T steps: exact too, since nothing reads a member's steps past its own)."""
+    steps = [int(s) for s in steps]
+    if any(a < b for a, b in zip(steps, steps[1:])):
+        return None
+    return tuple(sum(1 for s in steps if s > t) for t in range(T))
+
+
 def _python_forward(lay: Layout, PRE, S, ZC, HC, w_rec, w_rec_t, peephole, active) -> None:
     """The forward step loop in ATen ops: fills S, ZC and HC (see the module docstring)."""
     T, M, _, B = PRE.shape
@@ -268,7 +282,17 @@ class FusedRecurrence(torch.autograd.Function):
     ``active`` (optional, a tuple of T non-increasing ints) says how many members, a prefix of the
     member axis, still run at each step: a pack sorts its members by sequence length, so step t
     computes only the members whose sequences are longer than t. The others' outputs and
-    gradients at those steps are exact zeros (their losses do not read them).
+    gradients at those steps are exact zeros (their losses do not read them). ``steps``
+    (optional, M ints, any order) says the same per member: the compiled loop takes it as it is,
+    so a pack need not sort its members (the Python loop turns sorted ``steps`` into ``active``,
+    and runs every member all T steps otherwise).
+
+    ``hidden`` (optional, M ints): each member's own hidden size when the weights are padded to H
+    (a pack's members). The compiled loop computes only those units; the Python loop computes
+    the padded ones too, whose values are exact zeros (see :mod:`odyssey.packs.model`).
+
+    On the CPU at batch 1 the step loops run compiled (:mod:`odyssey.cells.native`), elsewhere as
+    ATen ops; both fill the same buffers with the same equations.
 
     With B = 1 (online SGD) and M > 1 the step product is formed as ``s^T W^T``, a row vector
     times a matrix per member, which CPU BLAS runs about twice as fast as ``W s``.
@@ -276,10 +300,15 @@ class FusedRecurrence(torch.autograd.Function):
 
     @staticmethod
     @_gc_paused
-    def forward(ctx, lay: Layout, x, w_ih, bias, w_hh, peephole, w_gate, active=None, hidden=None):
+    def forward(ctx, lay: Layout, x, w_ih, bias, w_hh, peephole, w_gate, active=None, hidden=None, steps=None):
         M, T, B, _ = x.shape
         H = lay.H
         lib = native.loop_for(x, B)
+        if lib:  # the compiled loop takes each member's own number of steps, in any order
+            steps = steps if steps is not None else (None if active is None else _member_steps(active, M))
+            active = None
+        elif steps is not None:  # the Python loop takes a prefix of the member axis per step
+            active = _prefix_schedule(steps, T)
         w_rec = recurrent_weight(lay, w_hh, w_gate)  # (M, G*H, S)
         gemv = B == 1 and M > 1
         w_rec_t = w_rec.transpose(1, 2).contiguous() if gemv or lib else None  # (M, S, G*H)
@@ -287,7 +316,7 @@ class FusedRecurrence(torch.autograd.Function):
         # (M, G*H, B); each step then adds R y' in place.
         PRE = _input_projection(x, w_ih, bias)
         # Skipped steps and (compiled loop) padded units stay exact zeros.
-        alloc = x.new_zeros if active is not None or lib else x.new_empty
+        alloc = x.new_zeros if active is not None or steps is not None or lib else x.new_empty
         S = alloc(T + 1, M, H + lay.K * H, B)
         S[0].zero_()
         # ZC[t] = [z_t; c_{t-1}]: the factors of the i and f gates in c = z*i + c'*f, side by side, so
@@ -296,10 +325,10 @@ class FusedRecurrence(torch.autograd.Function):
         ZC[0, :, 1].zero_()
         HC = alloc(T, M, H, B) if lay.has_o else S[1:, :, :H]  # no output gate: y = h(c)
         if lib:
-            native.lstm_forward(lib, lay, PRE, S, ZC, HC if lay.has_o else None, w_rec_t, peephole, active, hidden)
+            native.lstm_forward(lib, lay, PRE, S, ZC, HC if lay.has_o else None, w_rec_t, peephole, steps, hidden)
         else:
             _python_forward(lay, PRE, S, ZC, HC, w_rec, w_rec_t, peephole, active)
-        ctx.lay, ctx.active, ctx.hidden = lay, active, hidden
+        ctx.lay, ctx.active, ctx.hidden, ctx.steps = lay, active, hidden, steps
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, w_ih, w_hh, peephole, w_gate, S, ZC, HC)
         C = ZC[:, :, 1]
@@ -318,7 +347,7 @@ class FusedRecurrence(torch.autograd.Function):
         w_rec = recurrent_weight(lay, w_hh, w_gate)
         lib = native.loop_for(Z, B)
         if lib:
-            dPRE = native.lstm_backward(lib, lay, S, ZC, HC if lay.has_o else None, w_rec, peephole, dY, dC, active, ctx.hidden)
+            dPRE = native.lstm_backward(lib, lay, S, ZC, HC if lay.has_o else None, w_rec, peephole, dY, dC, ctx.steps, ctx.hidden)
         else:
             dPRE = _python_backward(lay, S, ZC, HC, w_rec, peephole, dY, dC, active)
         # Gradients of the weights and the input: sums over all steps, as large batched products
@@ -342,4 +371,4 @@ class FusedRecurrence(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             d_x = torch.bmm(d_pre.transpose(1, 2), w_ih).view(M, T, B, -1)
         d_w_ih = torch.bmm(d_pre, x.reshape(M, T_B, -1))
-        return None, d_x, d_w_ih, d_pre.sum(2), d_w_hh, d_peep, d_w_gate, None, None
+        return None, d_x, d_w_ih, d_pre.sum(2), d_w_hh, d_peep, d_w_gate, None, None, None

@@ -75,7 +75,7 @@ class VariantGRU(HiddenStateLayer):
         return shapes + ([("bias_hn", (H,))] if self.spec.extra_bias else [])
 
     @staticmethod
-    def members_forward(spec: VariantSpec, x: torch.Tensor, weights: dict[str, torch.Tensor], active=None, hidden=None) -> torch.Tensor:
+    def members_forward(spec: VariantSpec, x: torch.Tensor, weights: dict[str, torch.Tensor], active=None, hidden=None, steps=None) -> torch.Tensor:
         """M GRU layers at once: x (M, T, B, I), ``weights`` by base name, each (M, ...) -> (M, T, B, H)."""
         w_hh = weights["weight_hh"]
         xw = input_projection(x, weights["weight_ih"], weights["bias"])  # (T, M, B, 3H), one product

@@ -79,13 +79,13 @@ class VariantLSTM(RecurrentLayer):
         return shapes
 
     @staticmethod
-    def members_forward(spec: VariantSpec, x: torch.Tensor, weights: dict[str, torch.Tensor], active=None, hidden=None) -> torch.Tensor:
+    def members_forward(spec: VariantSpec, x: torch.Tensor, weights: dict[str, torch.Tensor], active=None, hidden=None, steps=None) -> torch.Tensor:
         """M layers' outputs at once: x (M, T, B, I), ``weights`` by base name each (M, ...) -> (M, T, B, H).
-        ``active``, ``hidden``: see :class:`~odyssey.cells.fused.FusedRecurrence` (a trial pack's members)."""
+        ``active``, ``hidden``, ``steps``: see :class:`~odyssey.cells.fused.FusedRecurrence` (a trial pack's members)."""
         lay = _layout(spec, weights["weight_hh"].shape[-1])
         get = weights.get
         w = (get("weight_ih"), get("bias"), get("weight_hh"), get("peephole"), get("weight_gate_hh"))
-        Y, _ = FusedRecurrence.apply(lay, x, *w, active, None if hidden is None else tuple(hidden))
+        Y, _ = FusedRecurrence.apply(lay, x, *w, active, None if hidden is None else tuple(hidden), steps)
         return Y
 
     def _direction(self, x: torch.Tensor, sfx: str) -> tuple[torch.Tensor, torch.Tensor]:

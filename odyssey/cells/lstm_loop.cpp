@@ -19,7 +19,8 @@
 // Member m computes only its own units u < hidden[m] (a pack pads hidden sizes to H; the padded
 // units' weights are zero, so their values are exactly zero on the Python path too, except FGR's
 // padded gate activations, which feed only zero weights). Every buffer is zero-initialised by the
-// caller, so what is not written stays zero. Members m >= active[t] are skipped at step t.
+// caller, so what is not written stays zero. Member m runs the steps t < steps[m] only (its own
+// sequence length, in any member order; null: every member runs all T steps).
 //
 // Summation order: every sum over the state (forward) or the pre-activations (backward) runs in
 // ascending index order per output element, whatever M, B and alignment are, so a member's
@@ -214,13 +215,13 @@ void product(int64_t B, int64_t cols, const F* A, const F* in, F* out, const Seg
 }
 
 template <typename F>
-void forward(const Dims& d, F* PRE, F* S, F* ZC, F* HC, const F* WT, const F* P, const int64_t* active,
+void forward(const Dims& d, F* PRE, F* S, F* ZC, F* HC, const F* WT, const F* P, const int64_t* steps,
              const int64_t* hidden) {
   const int64_t M = d.M, B = d.B, H = d.H, GH = d.G() * H, SR = d.SR(), R = d.R(), n_if = d.n_if, K = d.K();
   const int64_t HB = H * B, kf = d.has_i ? 1 : 0;  // f's block among the i/f gates
   for (int64_t t = 0; t < d.T; ++t) {
-    const int64_t n = active ? active[t] : M;
-    for (int64_t m = 0; m < n; ++m) {
+    for (int64_t m = 0; m < M; ++m) {
+      if (steps && t >= steps[m]) continue;
       const int64_t hm = hidden ? hidden[m] : H, E = hm * B;  // a member's real (unit, batch) elements
       F* pre = PRE + (t * M + m) * GH * B;
       const F* s = S + (t * M + m) * SR * B;
@@ -253,18 +254,18 @@ void forward(const Dims& d, F* PRE, F* S, F* ZC, F* HC, const F* WT, const F* P,
 
 template <typename F>
 void backward(const Dims& d, const F* S, const F* ZC, const F* HC, const F* W, const F* P, F* DS, F* dPRE,
-              const F* dC, F* DCN, F* scratch, const int64_t* active, const int64_t* hidden) {
+              const F* dC, F* DCN, F* scratch, const int64_t* steps, const int64_t* hidden) {
   const int64_t M = d.M, B = d.B, H = d.H, GH = d.G() * H, SR = d.SR(), R = d.R(), n_if = d.n_if, K = d.K();
   const int64_t HB = H * B, kf = d.has_i ? 1 : 0;
   F* dc = scratch;        // (H, B): the gradient reaching c_t
   F* tmp = scratch + HB;  // (H, B)
   for (int64_t t = d.T - 1; t >= 0; --t) {
-    const int64_t n = active ? active[t] : M;
-    const int64_t n1 = t + 1 < d.T ? (active ? active[t + 1] : M) : 0;
-    for (int64_t m = 0; m < n; ++m) {
+    for (int64_t m = 0; m < M; ++m) {
+      const int64_t last = steps ? steps[m] : d.T;  // the member runs steps t < last
+      if (t >= last) continue;
       const int64_t hm = hidden ? hidden[m] : H, E = hm * B;
       F* ds = DS + (t * M + m) * R * B;
-      if (m < n1)  // ds += W^T dpre_{t+1}: what step t+1's pre-activations pass back to S[t+1]
+      if (t + 1 < last)  // ds += W^T dpre_{t+1}: what step t+1's pre-activations pass back to S[t+1]
         product<F>(B, R, W + m * GH * R, dPRE + ((t + 1) * M + m) * GH * B, ds, block_segments(d, hm), state_segments(d, hm));
       F* dpre = dPRE + (t * M + m) * GH * B;
       const F* s_next = S + ((t + 1) * M + m) * SR * B;
@@ -339,26 +340,26 @@ extern "C" {
 
 // dims: M, T, B, H, n_if, has_i, has_f, has_o, coupled, peep, fgr, g_act, h_act (13 int64).
 // Pointers may be null where fused.py's buffer is absent (HC without an output gate, P without
-// peepholes, active for "all members every step", hidden for "every member has H units").
+// peepholes, steps for "every member runs all T steps", hidden for "every member has H units").
 void odyssey_lstm_forward_f32(const int64_t* dims, float* PRE, float* S, float* ZC, float* HC, const float* WT,
-                              const float* P, const int64_t* active, const int64_t* hidden) {
-  forward<float>(*reinterpret_cast<const Dims*>(dims), PRE, S, ZC, HC, WT, P, active, hidden);
+                              const float* P, const int64_t* steps, const int64_t* hidden) {
+  forward<float>(*reinterpret_cast<const Dims*>(dims), PRE, S, ZC, HC, WT, P, steps, hidden);
 }
 void odyssey_lstm_forward_f64(const int64_t* dims, double* PRE, double* S, double* ZC, double* HC, const double* WT,
-                              const double* P, const int64_t* active, const int64_t* hidden) {
-  forward<double>(*reinterpret_cast<const Dims*>(dims), PRE, S, ZC, HC, WT, P, active, hidden);
+                              const double* P, const int64_t* steps, const int64_t* hidden) {
+  forward<double>(*reinterpret_cast<const Dims*>(dims), PRE, S, ZC, HC, WT, P, steps, hidden);
 }
 // DCN: (M, H, B), zero on entry; scratch: (2, H, B).
 void odyssey_lstm_backward_f32(const int64_t* dims, const float* S, const float* ZC, const float* HC, const float* W,
                                const float* P, float* DS, float* dPRE, const float* dC, float* DCN, float* scratch,
-                               const int64_t* active, const int64_t* hidden) {
-  backward<float>(*reinterpret_cast<const Dims*>(dims), S, ZC, HC, W, P, DS, dPRE, dC, DCN, scratch, active, hidden);
+                               const int64_t* steps, const int64_t* hidden) {
+  backward<float>(*reinterpret_cast<const Dims*>(dims), S, ZC, HC, W, P, DS, dPRE, dC, DCN, scratch, steps, hidden);
 }
 void odyssey_lstm_backward_f64(const int64_t* dims, const double* S, const double* ZC, const double* HC, const double* W,
                                const double* P, double* DS, double* dPRE, const double* dC, double* DCN, double* scratch,
-                               const int64_t* active, const int64_t* hidden) {
-  backward<double>(*reinterpret_cast<const Dims*>(dims), S, ZC, HC, W, P, DS, dPRE, dC, DCN, scratch, active, hidden);
+                               const int64_t* steps, const int64_t* hidden) {
+  backward<double>(*reinterpret_cast<const Dims*>(dims), S, ZC, HC, W, P, DS, dPRE, dC, DCN, scratch, steps, hidden);
 }
-int64_t odyssey_lstm_abi() { return 2; }
+int64_t odyssey_lstm_abi() { return 3; }
 
 }

@@ -38,7 +38,7 @@ __all__ = ["NativeUnavailable", "kernel_dir", "loop_for", "lstm_backward", "lstm
 
 SOURCE = Path(__file__).with_name("lstm_loop.cpp")
 FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-std=c++17", "-shared", "-fPIC")
-ABI = 2
+ABI = 3
 _P = ctypes.c_void_p
 
 
@@ -187,9 +187,8 @@ def _dims(lay: "Layout", M: int, T: int, B: int) -> torch.Tensor:
     )  # fmt: skip
 
 
-def _schedule(active: Sequence[int] | None, hidden: Sequence[int] | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    as_tensor = lambda v: None if v is None else torch.tensor(list(v), dtype=torch.int64)  # noqa: E731
-    return as_tensor(active), as_tensor(hidden)
+def _int64(values: Sequence[int] | None) -> torch.Tensor | None:
+    return None if values is None else torch.tensor(list(values), dtype=torch.int64)
 
 
 def _peepholes(lay: "Layout", peephole: torch.Tensor | None, B: int) -> torch.Tensor | None:
@@ -201,14 +200,15 @@ def _peepholes(lay: "Layout", peephole: torch.Tensor | None, B: int) -> torch.Te
     return peephole.detach()[..., None].expand(*peephole.shape, B).contiguous()
 
 
-def lstm_forward(lib, lay: "Layout", PRE, S, ZC, HC, w_rec_t, peephole, active, hidden) -> None:
+def lstm_forward(lib, lay: "Layout", PRE, S, ZC, HC, w_rec_t, peephole, steps, hidden) -> None:
     """Fill S, ZC and HC (zeros on entry) from PRE: FusedRecurrence's forward step loop, compiled.
 
-    ``hidden``: each member's own units (None: all have ``lay.H``); ``active``: as FusedRecurrence.
+    ``steps``: each member's own number of steps, in any order (None: all T); ``hidden``: each
+    member's own units (None: all have ``lay.H``).
     """
     T, M, _, B = PRE.shape
     P = _peepholes(lay, peephole, B)
-    act, hid = _schedule(active, hidden)
+    act, hid = _int64(steps), _int64(hidden)
     dims = _dims(lay, M, T, B)
     w = w_rec_t.detach().contiguous()
     getattr(lib, f"odyssey_lstm_forward_{_SUFFIX[PRE.dtype]}")(
@@ -216,7 +216,7 @@ def lstm_forward(lib, lay: "Layout", PRE, S, ZC, HC, w_rec_t, peephole, active, 
     )
 
 
-def lstm_backward(lib, lay: "Layout", S, ZC, HC, w_rec, peephole, dY, dC, active, hidden) -> torch.Tensor:
+def lstm_backward(lib, lay: "Layout", S, ZC, HC, w_rec, peephole, dY, dC, steps, hidden) -> torch.Tensor:
     """dPRE (T, M, G*H, B) from the forward buffers and the outputs' gradients dY, dC (each
     (M, T, B, H) or None): FusedRecurrence's backward step loop, compiled."""
     T, M, _, H, B = ZC[:-1].shape
@@ -229,7 +229,7 @@ def lstm_backward(lib, lay: "Layout", S, ZC, HC, w_rec, peephole, dY, dC, active
     DCN = S.new_zeros(M, H, B)
     scratch = S.new_empty(2, H, B)
     P = _peepholes(lay, peephole, B)
-    act, hid = _schedule(active, hidden)
+    act, hid = _int64(steps), _int64(hidden)
     dims = _dims(lay, M, T, B)
     getattr(lib, f"odyssey_lstm_backward_{_SUFFIX[S.dtype]}")(
         _ptr(dims), _ptr(S), _ptr(ZC), _ptr(HC), _ptr(W), _ptr(P), _ptr(DS), _ptr(dPRE), _ptr(dCt), _ptr(DCN),

@@ -62,7 +62,7 @@ class VariantRNN(HiddenStateLayer):
         return [("weight_ih", (H, I)), ("weight_hh", (H, H)), ("bias", (H,))]
 
     @staticmethod
-    def members_forward(spec: VariantSpec, x: torch.Tensor, weights: dict[str, torch.Tensor], active=None, hidden=None) -> torch.Tensor:
+    def members_forward(spec: VariantSpec, x: torch.Tensor, weights: dict[str, torch.Tensor], active=None, hidden=None, steps=None) -> torch.Tensor:
         """M RNN layers at once: x (M, T, B, I), ``weights`` by base name, each (M, ...) -> (M, T, B, H)."""
         w_hh = weights["weight_hh"]
         xw = input_projection(x, weights["weight_ih"], weights["bias"])  # (T, M, B, H), one product

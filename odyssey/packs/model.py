@@ -27,7 +27,7 @@ from typing import Sequence
 
 import torch
 
-from odyssey.cells import LAYERS, VariantSpec
+from odyssey.cells import LAYERS, VariantSpec, native
 from odyssey.cells.base import reverse_index
 
 __all__ = ["PackedSequenceModel", "param_dims"]
@@ -128,6 +128,7 @@ class PackedSequenceModel:
         if len(set(self.hidden_sizes)) > 1:  # padded entries exist: their gradients are zeroed
             ones = [{k: torch.ones_like(s[k], dtype=torch.bool) for k in self.keys} for s in states]
             self.masks = {k: self.stack([o[k] for o in ones], k, device=device, dtype=torch.bool) for k in self.keys}
+            self._padding = {k: ~mask for k, mask in self.masks.items()}
 
     def _dims(self, key: str) -> list[tuple[int, bool]]:
         return param_dims(key, self.spec, input_size=self.input_size, output_size=self.output_size, directions=self.directions)
@@ -157,7 +158,7 @@ class PackedSequenceModel:
             return
         for k, p in self.params.items():
             if p.grad is not None:
-                p.grad = torch.where(self.masks[k], p.grad, p.grad.new_zeros(()))
+                p.grad.masked_fill_(self._padding[k], 0.0)
 
     def parameters(self) -> list[torch.Tensor]:
         return [self.params[k] for k in self.keys]
@@ -175,37 +176,44 @@ class PackedSequenceModel:
             x = x.unsqueeze(0).expand(M, *x.shape)  # stride 0: the input projection is one GEMM
         if lengths.dim() == 1:
             lengths = lengths.unsqueeze(0).expand(M, -1)
-        params, active, inverse, hidden = self.params, None, None, self.hidden_sizes
-        if member_steps is not None:
+        params, active, inverse, hidden, steps = self.params, None, None, self.hidden_sizes, None
+        if member_steps is not None and self._any_order(x):
+            steps = member_steps.tolist()  # the compiled LSTM loop skips each member's own tail
+        elif member_steps is not None:
             order = torch.sort(member_steps, descending=True, stable=True).indices
-            steps = member_steps[order]
-            active = tuple((steps[None, :] > torch.arange(x.shape[1])[:, None]).sum(1).tolist())  # (T,)
+            ordered = member_steps[order]
+            active = tuple((ordered[None, :] > torch.arange(x.shape[1])[:, None]).sum(1).tolist())  # (T,)
             if not torch.equal(order, torch.arange(M)):
                 device_order = order.to(x.device)
                 params = {k: v.index_select(0, device_order) for k, v in params.items()}  # autograd scatters back
                 x, lengths = x.index_select(0, device_order), lengths.index_select(0, device_order)
                 inverse = torch.argsort(order).to(x.device)
                 hidden = [self.hidden_sizes[m] for m in order.tolist()]
-        out = self._run(params, x, lengths, active, hidden)
+        out = self._run(params, x, lengths, {"active": active, "hidden": hidden, "steps": steps})
         return out if inverse is None else out.index_select(0, inverse)
 
     __call__ = forward
 
-    def _run(self, params: dict[str, torch.Tensor], x: torch.Tensor, lengths: torch.Tensor, active, hidden) -> torch.Tensor:
+    def _any_order(self, x: torch.Tensor) -> bool:
+        """Whether the members' layers take per-member step counts in any order (no sorting, which
+        costs a copy of every weight per update): the compiled CPU LSTM loop, at batch 1."""
+        return self.spec.family == "lstm" and native.loop_for(x, x.shape[2]) is not None
+
+    def _run(self, params: dict[str, torch.Tensor], x: torch.Tensor, lengths: torch.Tensor, schedule: dict) -> torch.Tensor:
         M, T, B, _ = x.shape
         last = (lengths.to(x.device) - 1).unsqueeze(1)  # (M, 1, B)
         for k in range(self.num_layers):
-            outs = [self._direction(params, x, k, "", active, hidden)]
+            outs = [self._direction(params, x, k, "", schedule)]
             if self.bidirectional:
                 rev = reverse_index(T, last)  # (M, T, B): reverses each sequence within its length
                 xr = x.gather(1, rev.unsqueeze(-1).expand(*rev.shape, x.shape[-1]))
-                yr = self._direction(params, xr, k, "_reverse", active, hidden)
+                yr = self._direction(params, xr, k, "_reverse", schedule)
                 outs.append(yr.gather(1, rev.unsqueeze(-1).expand_as(yr)))
             x = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]  # (M, T, B, H * directions)
         w, b = params["head.weight"], params["head.bias"]  # (M, O, F), (M, O)
         out = torch.baddbmm(b.unsqueeze(1), x.reshape(M, T * B, -1), w.transpose(1, 2))
         return out.view(M, T, B, -1)
 
-    def _direction(self, params: dict[str, torch.Tensor], x: torch.Tensor, layer: int, sfx: str, active, hidden) -> torch.Tensor:
+    def _direction(self, params: dict[str, torch.Tensor], x: torch.Tensor, layer: int, sfx: str, schedule: dict) -> torch.Tensor:
         weights = {name: params[key] for name, key in self._direction_keys[layer, sfx].items()}
-        return self.members_forward(self.spec, x, weights, active, hidden)  # (M, T, B, H)
+        return self.members_forward(self.spec, x, weights, **schedule)  # (M, T, B, H)

@@ -53,6 +53,9 @@ class PackedSGD:
         self.clip_norms = None if clip_norms is None else clip_norms.to(device=device, dtype=dtype)
         self.clip_values = None if clip_values is None else clip_values.to(device=device, dtype=dtype)
         self.buffers = [torch.zeros_like(p) for p in self.params] if buffers is None else [b.detach().clone() for b in buffers]
+        # True/False when every member has the same Nesterov switch (the step then runs in place), else None.
+        flags = set(self.nesterov.tolist())
+        self._uniform_nesterov = flags.pop() if len(flags) == 1 else None
 
     def _bcast(self, v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return v.view(-1, *([1] * (like.dim() - 1)))
@@ -68,12 +71,18 @@ class PackedSGD:
             norm = torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in grads))  # (M,)
             coef = (self.clip_norms / (norm + 1e-6)).clamp(max=1.0)
             grads = [g * self._bcast(coef, g) for g in grads]
+        everyone = active is None
+        nesterov = self._uniform_nesterov
         for p, g, buf in zip(self.params, grads, self.buffers):
             mu, step = self._bcast(self.momenta, p), self._bcast(self.step_sizes, p)
+            if everyone and nesterov is not None:  # in place: 2-3 passes over the weights
+                torch.addcmul(g, mu, buf, out=buf)  # mu * buf + g
+                p.addcmul_(step, torch.addcmul(g, mu, buf) if nesterov else buf, value=-1.0)
+                continue
             new_buf = torch.addcmul(g, mu, buf)  # mu * buf + g
             d = torch.where(self._bcast(self.nesterov, p), torch.addcmul(g, mu, new_buf), new_buf)
             new_p = torch.addcmul(p, step, d, value=-1.0)
-            if active is None:
+            if everyone:
                 buf.copy_(new_buf)
                 p.copy_(new_p)
             else:
