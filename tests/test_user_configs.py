@@ -275,9 +275,9 @@ def test_the_wheel_holds_every_module_and_config(installed):
     _, wheel = installed
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
-    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "odyssey").rglob("*.py") if "__pycache__" not in p.parts}
+    modules = {str(p.relative_to(ROOT)) for ext in ("*.py", "*.cpp") for p in (ROOT / "odyssey").rglob(ext) if "__pycache__" not in p.parts}
     configs = {"odyssey/conf/" + str(p.relative_to(ROOT / "conf")) for p in (ROOT / "conf").rglob("*.yaml")}
-    assert modules - names == set(), "modules missing from the wheel (pyproject's packages list)"
+    assert modules - names == set(), "modules (or the C++ loop) missing from the wheel (pyproject's packages list, package-data)"
     assert configs - names == set(), "configs missing from the wheel (pyproject's package-data)"
 
 

@@ -360,6 +360,9 @@ void odyssey_lstm_backward_f64(const int64_t* dims, const double* S, const doubl
                                const int64_t* steps, const int64_t* hidden) {
   backward<double>(*reinterpret_cast<const Dims*>(dims), S, ZC, HC, W, P, DS, dPRE, dC, DCN, scratch, steps, hidden);
 }
+// The elementwise activations alone (for the tests of their accuracy): y = act(x), kind as Act.
+void odyssey_act_f32(int64_t kind, int64_t n, const float* x, float* y) { act<float>(kind, n, x, y); }
+void odyssey_act_f64(int64_t kind, int64_t n, const double* x, double* y) { act<double>(kind, n, x, y); }
 int64_t odyssey_lstm_abi() { return 3; }
 
 }

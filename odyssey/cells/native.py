@@ -34,7 +34,7 @@ import torch
 if TYPE_CHECKING:
     from odyssey.cells.recurrence import Layout
 
-__all__ = ["NativeUnavailable", "kernel_dir", "loop_for", "lstm_backward", "lstm_forward", "lstm_loop", "native_enabled"]
+__all__ = ["NativeUnavailable", "activation", "kernel_dir", "loop_for", "lstm_backward", "lstm_forward", "lstm_loop", "native_enabled"]
 
 SOURCE = Path(__file__).with_name("lstm_loop.cpp")
 FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-std=c++17", "-shared", "-fPIC")
@@ -102,6 +102,9 @@ def _load(path: Path) -> ctypes.CDLL:
         getattr(lib, name).restype = None
     for name in ("odyssey_lstm_backward_f32", "odyssey_lstm_backward_f64"):
         getattr(lib, name).argtypes = [_P] * 13
+        getattr(lib, name).restype = None
+    for name in ("odyssey_act_f32", "odyssey_act_f64"):
+        getattr(lib, name).argtypes = [ctypes.c_int64, ctypes.c_int64, _P, _P]
         getattr(lib, name).restype = None
     return lib
 
@@ -198,6 +201,14 @@ def _peepholes(lay: "Layout", peephole: torch.Tensor | None, B: int) -> torch.Te
     if peephole.shape[1] != lay.K:
         raise ValueError(f"the compiled LSTM loop needs a peephole per own gate ({lay.K}), got {peephole.shape[1]}")
     return peephole.detach()[..., None].expand(*peephole.shape, B).contiguous()
+
+
+def activation(lib, name: str, x: torch.Tensor) -> torch.Tensor:
+    """The compiled loop's activation ``name`` (tanh, sigmoid, ...) of a float32/float64 CPU tensor."""
+    x = x.detach().contiguous()
+    y = torch.empty_like(x)
+    getattr(lib, f"odyssey_act_{_SUFFIX[x.dtype]}")(_ACT[name], x.numel(), _ptr(x), _ptr(y))
+    return y
 
 
 def lstm_forward(lib, lay: "Layout", PRE, S, ZC, HC, w_rec_t, peephole, steps, hidden) -> None:
