@@ -89,6 +89,7 @@ def reference_trial(cfg: TrialConfig, task: Task, device: torch.device) -> float
     def forward(x, lengths):  # what ResidentSplit.metric_totals calls
         return model(x)
 
+    eval_size = tr.eval_batch_size or 64  # oneDNN/cuDNN run batches whole
     best = math.inf
     for epoch in range(1, tr.max_epochs + 1):
         order = torch.randperm(len(data["train"]), generator=gen)
@@ -104,10 +105,10 @@ def reference_trial(cfg: TrialConfig, task: Task, device: torch.device) -> float
             loss.backward()
             opt.step()
         with torch.no_grad():
-            val = float(data["valid"].metric_totals(forward, task, tr.eval_batch_size)[task.primary_metric])
+            val = float(data["valid"].metric_totals(forward, task, eval_size)[task.primary_metric])
             if val < best:
                 best = val
-                data["test"].metric_totals(forward, task, tr.eval_batch_size)
+                data["test"].metric_totals(forward, task, eval_size)
     return best
 
 

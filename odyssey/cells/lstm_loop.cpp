@@ -36,8 +36,9 @@ enum Act : int64_t { TANH = 0, SIGMOID = 1, IDENTITY = 2, RELU = 3, SIGMOID4 = 4
 
 // exp, sigmoid and tanh as branch-free inline code (Cephes' range reduction and polynomials),
 // so that the compiler vectorizes the loops over units; glibc's scalar tanhf alone cost more
-// than the rest of a step. Float: within 2 ulp; double: within 2 ulp of exp, tanh within
-// 1e-15. NaN passes through every one (no comparison turns it into a number).
+// than the rest of a step. Measured against ATen on [-120, 120]: tanh within 1 ulp, sigmoid
+// within 2.2 ulp (float and double). NaN passes through every one (no comparison turns it
+// into a number).
 inline float exp_(float x) {
   x = x > 88.3762626647949f ? 88.3762626647949f : x;
   x = x < -87.3365447504f ? -87.3365447504f : x;
@@ -112,7 +113,7 @@ void act(int64_t kind, int64_t n, const F* __restrict__ x, F* __restrict__ y) {
     case TANH: for (int64_t e = 0; e < n; ++e) y[e] = tanh_(x[e]); break;
     case SIGMOID: for (int64_t e = 0; e < n; ++e) y[e] = sigmoid(x[e]); break;
     case IDENTITY: for (int64_t e = 0; e < n; ++e) y[e] = x[e]; break;
-    case RELU: for (int64_t e = 0; e < n; ++e) y[e] = x[e] > F(0) ? x[e] : F(0); break;
+    case RELU: for (int64_t e = 0; e < n; ++e) y[e] = x[e] < F(0) ? F(0) : x[e]; break;  // NaN stays NaN
     case SIGMOID4: for (int64_t e = 0; e < n; ++e) y[e] = sigmoid(x[e]) * F(4) - F(2); break;
     default: for (int64_t e = 0; e < n; ++e) y[e] = sigmoid(x[e]) * F(2) - F(1); break;
   }
@@ -125,7 +126,7 @@ void act_backward(int64_t kind, int64_t n, const F* __restrict__ g, const F* __r
     case TANH: for (int64_t e = 0; e < n; ++e) dx[e] = g[e] * (F(1) - y[e] * y[e]); break;
     case SIGMOID: for (int64_t e = 0; e < n; ++e) dx[e] = g[e] * (F(1) - y[e]) * y[e]; break;
     case IDENTITY: for (int64_t e = 0; e < n; ++e) dx[e] = g[e]; break;
-    case RELU: for (int64_t e = 0; e < n; ++e) dx[e] = y[e] > F(0) ? g[e] : F(0); break;
+    case RELU: for (int64_t e = 0; e < n; ++e) dx[e] = y[e] <= F(0) ? F(0) : g[e]; break;  // as ATen's threshold_backward
     case SIGMOID4:
       for (int64_t e = 0; e < n; ++e) { const F s = (y[e] + F(2)) / F(4); dx[e] = g[e] * F(4) * (F(1) - s) * s; }
       break;

@@ -42,6 +42,7 @@ from odyssey.train import (
     EpochReport,
     TrialResult,
     device_label,
+    eval_batch_size,
     input_noise,
     resolve_device,
     resumed_stop_reason,
@@ -335,7 +336,7 @@ class PackTrainer:
     @torch.no_grad()
     def _evaluate(self, split: str) -> dict[str, list[float]]:
         """Every member's metrics on a split, each batch shared by all members (one host sync)."""
-        size = min(m.cfg.train.eval_batch_size for m in self._members)
+        size = min(eval_batch_size(m.cfg, self.device) for m in self._members)
         metrics = self.data[split].metric_totals(self._model, self.task, size)  # shared inputs: (M,) each
         return {name: values.tolist() for name, values in metrics.items()}
 
