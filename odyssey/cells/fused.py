@@ -70,14 +70,18 @@ def _expanded_peepholes(lay: Layout, peephole: torch.Tensor | None, B: int):
     return p_if, p_o
 
 
-def _input_projection(x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def _input_projection(x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tensor, member_major: bool = False) -> torch.Tensor:
     """PRE[t, m] = W_m x_{m,t} + b_m for all steps and members: (T, M, G*H, B), one batched GEMM.
 
     ``x`` is (M, T, B, I); a stride-0 member axis (one batch shared by all members, as in a
-    pack's evaluation) becomes a single (M*G*H, I) @ (I, T*B) product.
+    pack's evaluation) becomes a single (M*G*H, I) @ (I, T*B) product. ``member_major`` (batch 1,
+    for the compiled loop, which takes any strides): a view of an (M, T, G*H) product, whose
+    permutation into the step-major layout was 10% of a packed JSB epoch.
     """
     M, T, B, I = x.shape
     rows = w_ih.shape[1]
+    if member_major and B == 1:  # (M, T, G*H) from one batched GEMM, seen as (T, M, G*H, 1): no copy
+        return torch.baddbmm(bias.unsqueeze(1), x.reshape(M, T, I), w_ih.transpose(1, 2)).unsqueeze(-1).transpose(0, 1)
     if M == 1:  # straight into the feature-major layout: no copy afterwards
         return torch.baddbmm(bias[0, None, :, None], w_ih[0].expand(T, rows, I), x[0].transpose(1, 2)).unsqueeze(1)
     if x.stride(0) == 0:
@@ -314,7 +318,7 @@ class FusedRecurrence(torch.autograd.Function):
         w_rec_t = w_rec.transpose(1, 2).contiguous() if gemv or lib else None  # (M, S, G*H)
         # The input projections of all steps, in the feature-major layout: PRE[t] = W x_t + b
         # (M, G*H, B); each step then adds R y' in place.
-        PRE = _input_projection(x, w_ih, bias)
+        PRE = _input_projection(x, w_ih, bias, member_major=lib is not None)
         # Skipped steps and (compiled loop) padded units stay exact zeros.
         alloc = x.new_zeros if active is not None or steps is not None or lib else x.new_empty
         S = alloc(T + 1, M, H + lay.K * H, B)

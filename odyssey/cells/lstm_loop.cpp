@@ -7,7 +7,8 @@
 // The buffers, their layouts and the equations are those of odyssey/cells/fused.py (read its
 // docstring first); this file only fills the same buffers:
 //
-//   PRE (T, M, G*H, B)  in: W x_t + b        (forward; the peephole terms are not written back)
+//   PRE (T, M, G*H, B)  in: W x_t + b        (forward; the peephole terms are not written back;
+//                       any strides of its T and M axes, e.g. member-major from one batched GEMM)
 //   S   (T+1, M, H + K*H, B)  out: S[t+1] = [y_t; own gate activations i, f, o]; S[0] = 0
 //   ZC  (T+1, M, 2, H, B)     out: ZC[t] = [z_t; c_{t-1}]
 //   HC  (T, M, H, B)          out: h(c_t) (with an output gate; else y is h(c) itself)
@@ -161,6 +162,7 @@ inline void axpy(int64_t n, F s, const F* __restrict__ a, F* __restrict__ out) {
 
 struct Dims {
   int64_t M, T, B, H, n_if, has_i, has_f, has_o, coupled, peep, fgr, g_act, h_act;
+  int64_t pre_t, pre_m;  // PRE's step and member strides (elements): any order of the two axes
   int64_t G() const { return n_if + 1 + has_o; }  // blocks: [i, f | g | o]
   int64_t K() const { return n_if + has_o; }
   int64_t SR() const { return H + K() * H; }    // rows of S
@@ -224,7 +226,7 @@ void forward(const Dims& d, F* PRE, F* S, F* ZC, F* HC, const F* WT, const F* P,
     for (int64_t m = 0; m < M; ++m) {
       if (steps && t >= steps[m]) continue;
       const int64_t hm = hidden ? hidden[m] : H, E = hm * B;  // a member's real (unit, batch) elements
-      F* pre = PRE + (t * M + m) * GH * B;
+      F* pre = PRE + t * d.pre_t + m * d.pre_m;
       const F* s = S + (t * M + m) * SR * B;
       F* s_next = S + ((t + 1) * M + m) * SR * B;
       const F* c_prev = ZC + ((t * M + m) * 2 + 1) * HB;
@@ -339,7 +341,7 @@ void backward(const Dims& d, const F* S, const F* ZC, const F* HC, const F* W, c
 
 extern "C" {
 
-// dims: M, T, B, H, n_if, has_i, has_f, has_o, coupled, peep, fgr, g_act, h_act (13 int64).
+// dims: M, T, B, H, n_if, has_i, has_f, has_o, coupled, peep, fgr, g_act, h_act, pre_t, pre_m (15 int64).
 // Pointers may be null where fused.py's buffer is absent (HC without an output gate, P without
 // peepholes, steps for "every member runs all T steps", hidden for "every member has H units").
 void odyssey_lstm_forward_f32(const int64_t* dims, float* PRE, float* S, float* ZC, float* HC, const float* WT,
@@ -364,6 +366,6 @@ void odyssey_lstm_backward_f64(const int64_t* dims, const double* S, const doubl
 // The elementwise activations alone (for the tests of their accuracy): y = act(x), kind as Act.
 void odyssey_act_f32(int64_t kind, int64_t n, const float* x, float* y) { act<float>(kind, n, x, y); }
 void odyssey_act_f64(int64_t kind, int64_t n, const double* x, double* y) { act<double>(kind, n, x, y); }
-int64_t odyssey_lstm_abi() { return 3; }
+int64_t odyssey_lstm_abi() { return 4; }
 
 }

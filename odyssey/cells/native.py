@@ -38,7 +38,7 @@ __all__ = ["NativeUnavailable", "activation", "kernel_dir", "loop_for", "lstm_ba
 
 SOURCE = Path(__file__).with_name("lstm_loop.cpp")
 FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-std=c++17", "-shared", "-fPIC")
-ABI = 3
+ABI = 4
 _P = ctypes.c_void_p
 
 
@@ -182,10 +182,10 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return t.data_ptr()
 
 
-def _dims(lay: "Layout", M: int, T: int, B: int) -> torch.Tensor:
+def _dims(lay: "Layout", M: int, T: int, B: int, pre_strides: tuple[int, int] = (0, 0)) -> torch.Tensor:
     return torch.tensor(
         [M, T, B, lay.H, lay.n_if, "i" in lay.if_gates, "f" in lay.if_gates, lay.has_o, lay.coupled, lay.peep, lay.fgr,
-         _ACT[lay.g.name], _ACT[lay.h.name]],
+         _ACT[lay.g.name], _ACT[lay.h.name], *pre_strides],
         dtype=torch.int64,
     )  # fmt: skip
 
@@ -214,16 +214,19 @@ def activation(lib, name: str, x: torch.Tensor) -> torch.Tensor:
 def lstm_forward(lib, lay: "Layout", PRE, S, ZC, HC, w_rec_t, peephole, steps, hidden) -> None:
     """Fill S, ZC and HC (zeros on entry) from PRE: FusedRecurrence's forward step loop, compiled.
 
-    ``steps``: each member's own number of steps, in any order (None: all T); ``hidden``: each
-    member's own units (None: all have ``lay.H``).
+    ``PRE`` (T, M, G*H, B) may have any strides on its first two axes. ``steps``: each member's
+    own number of steps, in any order (None: all T); ``hidden``: each member's own units (None:
+    all have ``lay.H``).
     """
     T, M, _, B = PRE.shape
     P = _peepholes(lay, peephole, B)
     act, hid = _int64(steps), _int64(hidden)
-    dims = _dims(lay, M, T, B)
+    if PRE.stride(3) != 1 or PRE.stride(2) != B:  # each PRE[t, m] a contiguous (G*H, B) block
+        raise ValueError("the compiled LSTM loop needs PRE[t, m] contiguous")
+    dims = _dims(lay, M, T, B, (PRE.stride(0), PRE.stride(1)))
     w = w_rec_t.detach().contiguous()
     getattr(lib, f"odyssey_lstm_forward_{_SUFFIX[PRE.dtype]}")(
-        _ptr(dims), _ptr(PRE), _ptr(S), _ptr(ZC), _ptr(HC), _ptr(w), _ptr(P), _ptr(act), _ptr(hid)
+        _ptr(dims), PRE.data_ptr(), _ptr(S), _ptr(ZC), _ptr(HC), _ptr(w), _ptr(P), _ptr(act), _ptr(hid)
     )
 
 

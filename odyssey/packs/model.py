@@ -124,7 +124,7 @@ class PackedSequenceModel:
                 self._direction_keys.setdefault((int(match.group(1)), match.group(3) or ""), {})[match.group(2)] = key
         self.dims = {k: self._dims(k) for k in self.keys}
         self.params = {k: self.stack([s[k] for s in states], k, device=device, dtype=dtype).requires_grad_() for k in self.keys}
-        self.masks = None
+        self.masks, self._padding_exact = None, False
         if len(set(self.hidden_sizes)) > 1:  # padded entries exist: their gradients are zeroed
             ones = [{k: torch.ones_like(s[k], dtype=torch.bool) for k in self.keys} for s in states]
             self.masks = {k: self.stack([o[k] for o in ones], k, device=device, dtype=torch.bool) for k in self.keys}
@@ -153,8 +153,12 @@ class PackedSequenceModel:
         return {k: self.member_tensor(k, m).cpu() for k in self.keys}
 
     def mask_gradients(self) -> None:
-        """Zero every padded entry of every gradient (see the module docstring)."""
-        if self.masks is None:
+        """Zero every padded entry of every gradient (see the module docstring).
+
+        After a forward pass of the compiled CPU LSTM loop there is nothing to zero: it writes no
+        padded unit, so every padded activation, state and gradient is an exact zero (a member
+        with a NaN aside, which the trainer ends at the epoch's end)."""
+        if self.masks is None or self._padding_exact:
             return
         for k, p in self.params.items():
             if p.grad is not None:
@@ -177,7 +181,8 @@ class PackedSequenceModel:
         if lengths.dim() == 1:
             lengths = lengths.unsqueeze(0).expand(M, -1)
         params, active, inverse, hidden, steps = self.params, None, None, self.hidden_sizes, None
-        if member_steps is not None and self._any_order(x):
+        self._padding_exact = compiled = self._any_order(x)
+        if member_steps is not None and compiled:
             steps = member_steps.tolist()  # the compiled LSTM loop skips each member's own tail
         elif member_steps is not None:
             order = torch.sort(member_steps, descending=True, stable=True).indices
