@@ -313,9 +313,9 @@ class FusedRecurrence(torch.autograd.Function):
             active = None
         elif steps is not None:  # the Python loop takes a prefix of the member axis per step
             active = _prefix_schedule(steps, T)
-        w_rec = recurrent_weight(lay, w_hh, w_gate)  # (M, G*H, S)
-        gemv = B == 1 and M > 1
-        w_rec_t = w_rec.transpose(1, 2).contiguous() if gemv or lib else None  # (M, S, G*H)
+        if not lib:  # the compiled loop reads w_hh and w_gate as they are
+            w_rec = recurrent_weight(lay, w_hh, w_gate)  # (M, G*H, S)
+            w_rec_t = w_rec.transpose(1, 2).contiguous() if B == 1 and M > 1 else None  # (M, S, G*H)
         # The input projections of all steps, in the feature-major layout: PRE[t] = W x_t + b
         # (M, G*H, B); each step then adds R y' in place.
         PRE = _input_projection(x, w_ih, bias, member_major=lib is not None)
@@ -329,7 +329,7 @@ class FusedRecurrence(torch.autograd.Function):
         ZC[0, :, 1].zero_()
         HC = alloc(T, M, H, B) if lay.has_o else S[1:, :, :H]  # no output gate: y = h(c)
         if lib:
-            native.lstm_forward(lib, lay, PRE, S, ZC, HC if lay.has_o else None, w_rec_t, peephole, steps, hidden)
+            native.lstm_forward(lib, lay, PRE, S, ZC, HC if lay.has_o else None, w_hh, w_gate, peephole, steps, hidden)
         else:
             _python_forward(lay, PRE, S, ZC, HC, w_rec, w_rec_t, peephole, active)
         ctx.lay, ctx.active, ctx.hidden, ctx.steps = lay, active, hidden, steps
@@ -348,12 +348,11 @@ class FusedRecurrence(torch.autograd.Function):
         Z, C = ZC[:-1, :, 0], ZC[:, :, 1]
         T, M, H, B = Z.shape
         n_if, rows, blocks = lay.n_if, lay.state_rows, lay.pre_blocks
-        w_rec = recurrent_weight(lay, w_hh, w_gate)
         lib = native.loop_for(Z, B)
         if lib:
-            dPRE = native.lstm_backward(lib, lay, S, ZC, HC if lay.has_o else None, w_rec, peephole, dY, dC, ctx.steps, ctx.hidden)
+            dPRE = native.lstm_backward(lib, lay, S, ZC, HC if lay.has_o else None, w_hh, w_gate, peephole, dY, dC, ctx.steps, ctx.hidden)
         else:
-            dPRE = _python_backward(lay, S, ZC, HC, w_rec, peephole, dY, dC, active)
+            dPRE = _python_backward(lay, S, ZC, HC, recurrent_weight(lay, w_hh, w_gate), peephole, dY, dC, active)
         # Gradients of the weights and the input: sums over all steps, as large batched products
         # over dPRE laid out (M, G*H, T*B) once.
         T_B = T * B

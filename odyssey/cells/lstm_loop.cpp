@@ -3,7 +3,9 @@
 //
 // The Python loop issues ~40 small ATen ops per step; at batch 1 (the paper's online SGD) each
 // moves a few hundred numbers, so the dispatch, not the arithmetic, is the cost. Here a step is
-// two loops per member: the recurrent product, then one pass over the units for every gate.
+// a few loops per member: the recurrent product, then vectorized passes over its units. Batch 1
+// only (dims' B is 1; native.py sends larger batches to the Python loop, where BLAS and the batch
+// amortize the per-step cost).
 // The buffers, their layouts and the equations are those of odyssey/cells/fused.py (read its
 // docstring first); this file only fills the same buffers:
 //
@@ -12,8 +14,7 @@
 //   S   (T+1, M, H + K*H, B)  out: S[t+1] = [y_t; own gate activations i, f, o]; S[0] = 0
 //   ZC  (T+1, M, 2, H, B)     out: ZC[t] = [z_t; c_{t-1}]
 //   HC  (T, M, H, B)          out: h(c_t) (with an output gate; else y is h(c) itself)
-//   WT  (M, R, G*H)  the recurrent matrix transposed, R = H (+ K*H with FGR): pre += WT^T s
-//   W   (M, G*H, R)  the recurrent matrix (backward: ds += W^T dpre)
+//   Wh  (M, G*H, H)   R, the recurrent weights (weight_hh); Wg (M, K*H, K*H) Rg (FGR, else null)
 //   DS  (T, M, R, B)  in/out: the gradient reaching S[t+1]'s first R rows (dY's share in, R^T dpre added)
 //   dPRE (T, M, G*H, B) out; dC (T, M, H, B) optional in; P (M, K, H, B) peepholes (i, f, o order), expanded over B
 //
@@ -23,9 +24,9 @@
 // caller, so what is not written stays zero. Member m runs the steps t < steps[m] only (its own
 // sequence length, in any member order; null: every member runs all T steps).
 //
-// Summation order: every sum over the state (forward) or the pre-activations (backward) runs in
-// ascending index order per output element, whatever M, B and alignment are, so a member's
-// numbers do not depend on the rest of the pack. No -ffast-math: NaN and inf propagate as in
+// Summation order: every sum depends only on the member's own hidden size (dot products in a
+// fixed lane order, backward accumulations in ascending row order), not on M or alignment, so a
+// member's numbers do not depend on the rest of the pack. No -ffast-math: NaN and inf propagate as in
 // ATen, and a diverged member is found by the trainer's per-epoch check.
 
 #include <cmath>
@@ -169,58 +170,128 @@ struct Dims {
   int64_t R() const { return fgr ? SR() : H; }  // rows of the recurrent state
 };
 
-// A list of row segments [first, first + count): the real rows of a member with hm units.
-struct Segments {
-  int64_t first[8], count[8], n = 0;
-  void add(int64_t f, int64_t c) { first[n] = f; count[n] = c; ++n; }
-};
+// The recurrent products of one member at batch 1, over its real units u < hm only, reading the
+// weights as stored (no transposed or concatenated copy). Pre-activation block g (i, f | z | o)
+// has gate q = gate_of(g) in Rg's row blocks (FGR), or -1 for the z block (no gate weights).
+inline int64_t gate_of(const Dims& d, int64_t g) { return g < d.n_if ? g : (g == d.n_if ? -1 : d.n_if); }
 
-inline Segments state_segments(const Dims& d, int64_t hm) {  // [0, hm) and FGR's gate blocks
-  Segments s;
-  s.add(0, hm);
-  if (d.fgr)
-    for (int64_t q = 0; q < d.K(); ++q) s.add(d.H + q * d.H, hm);
-  return s;
-}
-
-inline Segments block_segments(const Dims& d, int64_t hm) {  // each pre-activation block's first hm rows
-  Segments s;
-  for (int64_t g = 0; g < d.G(); ++g) s.add(g * d.H, hm);
-  return s;
-}
-
-// out (cols, B) += A^T in for A (rows, cols) row-major, over the real rows and columns only:
-// out[c, b] += sum_r A[r, c] in[r, b], with r ascending for every element.
+// a[0:n] . b[0:n], in a fixed order that depends on n only (V lanes, a fixed tree, then the tail).
 template <typename F>
-void product(int64_t B, int64_t cols, const F* A, const F* in, F* out, const Segments& rows, const Segments& outs) {
-  for (int64_t k = 0; k < rows.n; ++k) {
-    const int64_t r0 = rows.first[k], r1 = r0 + rows.count[k];
-    if (B == 1) {
-      int64_t r = r0;
-      for (; r + 4 <= r1; r += 4) {
-        const F* a[4] = {A + r * cols, A + (r + 1) * cols, A + (r + 2) * cols, A + (r + 3) * cols};
-        for (int64_t j = 0; j < outs.n; ++j) {
-          const int64_t c0 = outs.first[j];
-          const F* ac[4] = {a[0] + c0, a[1] + c0, a[2] + c0, a[3] + c0};
-          axpy4(outs.count[j], in + r, ac, out + c0);
+inline F dot(const F* __restrict__ a, const F* __restrict__ b, int64_t n) {
+  constexpr int64_t V = 64 / sizeof(F);
+  F acc[V] = {};
+  int64_t i = 0;
+  for (; i + V <= n; i += V)
+    for (int64_t j = 0; j < V; ++j) acc[j] += a[i + j] * b[i + j];
+  for (int64_t w = V / 2; w > 0; w /= 2)
+    for (int64_t j = 0; j < w; ++j) acc[j] += acc[j + w];
+  F sum = acc[0];
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// out[k] += a_k[0:n] . b[0:n] for four rows a_k sharing b: each row's sum as dot() forms it.
+// (A transposed copy for axpy-form products measured slower: the copy per call cost more than
+// the reductions.)
+template <typename F>
+inline void dot4(const F* const* a, const F* __restrict__ b, int64_t n, F* out) {
+  constexpr int64_t V = 64 / sizeof(F);
+  const F* __restrict__ a0 = a[0];
+  const F* __restrict__ a1 = a[1];
+  const F* __restrict__ a2 = a[2];
+  const F* __restrict__ a3 = a[3];
+  F c0[V] = {}, c1[V] = {}, c2[V] = {}, c3[V] = {};
+  int64_t i = 0;
+  for (; i + V <= n; i += V)
+    for (int64_t j = 0; j < V; ++j) {
+      const F x = b[i + j];
+      c0[j] += a0[i + j] * x;
+      c1[j] += a1[i + j] * x;
+      c2[j] += a2[i + j] * x;
+      c3[j] += a3[i + j] * x;
+    }
+  for (int64_t w = V / 2; w > 0; w /= 2)
+    for (int64_t j = 0; j < w; ++j) {
+      c0[j] += c0[j + w];
+      c1[j] += c1[j + w];
+      c2[j] += c2[j + w];
+      c3[j] += c3[j + w];
+    }
+  F s0 = c0[0], s1 = c1[0], s2 = c2[0], s3 = c3[0];
+  for (; i < n; ++i) {
+    s0 += a0[i] * b[i];
+    s1 += a1[i] * b[i];
+    s2 += a2[i] * b[i];
+    s3 += a3[i] * b[i];
+  }
+  out[0] += s0;
+  out[1] += s1;
+  out[2] += s2;
+  out[3] += s3;
+}
+
+// pre[c] += R[c, :hm] . y'[:hm], then with FGR for each gate q2: += Rg[cg, q2*H : q2*H+hm] . s'_q2[:hm]
+// (four rows per pass).
+template <typename F>
+void recurrent_forward(const Dims& d, int64_t hm, const F* Wh, const F* Wg, const F* s, F* pre) {
+  const int64_t H = d.H, K = d.K(), KH = K * H;
+  for (int64_t g = 0; g < d.G(); ++g) {
+    const int64_t q = gate_of(d, g);
+    const bool gated = d.fgr && q >= 0;
+    int64_t u = 0;
+    for (; u + 4 <= hm; u += 4) {
+      const int64_t c = g * H + u;
+      const F* a[4] = {Wh + c * H, Wh + (c + 1) * H, Wh + (c + 2) * H, Wh + (c + 3) * H};
+      dot4(a, s, hm, pre + c);
+      if (gated)
+        for (int64_t q2 = 0; q2 < K; ++q2) {
+          const F* row = Wg + (q * H + u) * KH + q2 * H;
+          const F* ag[4] = {row, row + KH, row + 2 * KH, row + 3 * KH};
+          dot4(ag, s + H + q2 * H, hm, pre + c);
         }
-      }
-      for (; r < r1; ++r)
-        for (int64_t j = 0; j < outs.n; ++j) axpy(outs.count[j], in[r], A + r * cols + outs.first[j], out + outs.first[j]);
-    } else {
-      for (int64_t r = r0; r < r1; ++r) {
-        const F* a = A + r * cols;
-        for (int64_t j = 0; j < outs.n; ++j)
-          for (int64_t c = outs.first[j]; c < outs.first[j] + outs.count[j]; ++c) axpy(B, a[c], in + r * B, out + c * B);
-      }
+    }
+    for (; u < hm; ++u) {
+      const int64_t c = g * H + u;
+      pre[c] += dot(Wh + c * H, s, hm);
+      if (gated)
+        for (int64_t q2 = 0; q2 < K; ++q2) pre[c] += dot(Wg + (q * H + u) * KH + q2 * H, s + H + q2 * H, hm);
+    }
+  }
+}
+
+// ds[:hm] += sum_c dpre[c] R[c, :hm]  (+ with FGR: ds_q2[:hm] += dpre[c] Rg[cg, q2*H : q2*H+hm]),
+// with c ascending for every element (four rows per pass).
+template <typename F>
+void recurrent_backward(const Dims& d, int64_t hm, const F* Wh, const F* Wg, const F* dpre, F* ds) {
+  const int64_t H = d.H, K = d.K(), KH = K * H;
+  for (int64_t g = 0; g < d.G(); ++g) {
+    const int64_t q = gate_of(d, g);
+    const bool gated = d.fgr && q >= 0;
+    int64_t u = 0;
+    for (; u + 4 <= hm; u += 4) {
+      const int64_t c = g * H + u;
+      const F* a[4] = {Wh + c * H, Wh + (c + 1) * H, Wh + (c + 2) * H, Wh + (c + 3) * H};
+      axpy4(hm, dpre + c, a, ds);
+      if (gated)
+        for (int64_t q2 = 0; q2 < K; ++q2) {
+          const F* row = Wg + (q * H + u) * KH + q2 * H;
+          const F* ag[4] = {row, row + KH, row + 2 * KH, row + 3 * KH};
+          axpy4(hm, dpre + c, ag, ds + H + q2 * H);
+        }
+    }
+    for (; u < hm; ++u) {
+      const int64_t c = g * H + u;
+      axpy(hm, dpre[c], Wh + c * H, ds);
+      if (gated)
+        for (int64_t q2 = 0; q2 < K; ++q2) axpy(hm, dpre[c], Wg + (q * H + u) * KH + q2 * H, ds + H + q2 * H);
     }
   }
 }
 
 template <typename F>
-void forward(const Dims& d, F* PRE, F* S, F* ZC, F* HC, const F* WT, const F* P, const int64_t* steps,
+void forward(const Dims& d, F* PRE, F* S, F* ZC, F* HC, const F* Wh, const F* Wg, const F* P, const int64_t* steps,
              const int64_t* hidden) {
-  const int64_t M = d.M, B = d.B, H = d.H, GH = d.G() * H, SR = d.SR(), R = d.R(), n_if = d.n_if, K = d.K();
+  const int64_t M = d.M, B = d.B, H = d.H, GH = d.G() * H, SR = d.SR(), n_if = d.n_if, K = d.K();
   const int64_t HB = H * B, kf = d.has_i ? 1 : 0;  // f's block among the i/f gates
   for (int64_t t = 0; t < d.T; ++t) {
     for (int64_t m = 0; m < M; ++m) {
@@ -234,7 +305,7 @@ void forward(const Dims& d, F* PRE, F* S, F* ZC, F* HC, const F* WT, const F* P,
       F* c = ZC + (((t + 1) * M + m) * 2 + 1) * HB;
       F* hc = d.has_o ? HC + (t * M + m) * HB : s_next;  // no output gate: y = h(c) itself
       const F* p = d.peep ? P + m * K * HB : nullptr;   // (K, H, B): the peepholes, expanded over B
-      product<F>(B, GH, WT + m * R * GH, s, pre, state_segments(d, hm), block_segments(d, hm));  // + R y'
+      recurrent_forward<F>(d, hm, Wh + m * GH * H, d.fgr ? Wg + m * K * H * K * H : nullptr, s, pre);  // + R y' (+ Rg s')
       F* i = s_next + HB;
       F* f = s_next + HB + kf * HB;
       if (d.has_i) gate<F>(E, pre, p, c_prev, i);
@@ -256,7 +327,7 @@ void forward(const Dims& d, F* PRE, F* S, F* ZC, F* HC, const F* WT, const F* P,
 }
 
 template <typename F>
-void backward(const Dims& d, const F* S, const F* ZC, const F* HC, const F* W, const F* P, F* DS, F* dPRE,
+void backward(const Dims& d, const F* S, const F* ZC, const F* HC, const F* Wh, const F* Wg, const F* P, F* DS, F* dPRE,
               const F* dC, F* DCN, F* scratch, const int64_t* steps, const int64_t* hidden) {
   const int64_t M = d.M, B = d.B, H = d.H, GH = d.G() * H, SR = d.SR(), R = d.R(), n_if = d.n_if, K = d.K();
   const int64_t HB = H * B, kf = d.has_i ? 1 : 0;
@@ -269,7 +340,7 @@ void backward(const Dims& d, const F* S, const F* ZC, const F* HC, const F* W, c
       const int64_t hm = hidden ? hidden[m] : H, E = hm * B;
       F* ds = DS + (t * M + m) * R * B;
       if (t + 1 < last)  // ds += W^T dpre_{t+1}: what step t+1's pre-activations pass back to S[t+1]
-        product<F>(B, R, W + m * GH * R, dPRE + ((t + 1) * M + m) * GH * B, ds, block_segments(d, hm), state_segments(d, hm));
+        recurrent_backward<F>(d, hm, Wh + m * GH * H, d.fgr ? Wg + m * K * H * K * H : nullptr, dPRE + ((t + 1) * M + m) * GH * B, ds);
       F* dpre = dPRE + (t * M + m) * GH * B;
       const F* s_next = S + ((t + 1) * M + m) * SR * B;
       const F* z = ZC + ((t * M + m) * 2) * HB;
@@ -344,28 +415,28 @@ extern "C" {
 // dims: M, T, B, H, n_if, has_i, has_f, has_o, coupled, peep, fgr, g_act, h_act, pre_t, pre_m (15 int64).
 // Pointers may be null where fused.py's buffer is absent (HC without an output gate, P without
 // peepholes, steps for "every member runs all T steps", hidden for "every member has H units").
-void odyssey_lstm_forward_f32(const int64_t* dims, float* PRE, float* S, float* ZC, float* HC, const float* WT,
-                              const float* P, const int64_t* steps, const int64_t* hidden) {
-  forward<float>(*reinterpret_cast<const Dims*>(dims), PRE, S, ZC, HC, WT, P, steps, hidden);
+void odyssey_lstm_forward_f32(const int64_t* dims, float* PRE, float* S, float* ZC, float* HC, const float* Wh,
+                              const float* Wg, const float* P, const int64_t* steps, const int64_t* hidden) {
+  forward<float>(*reinterpret_cast<const Dims*>(dims), PRE, S, ZC, HC, Wh, Wg, P, steps, hidden);
 }
-void odyssey_lstm_forward_f64(const int64_t* dims, double* PRE, double* S, double* ZC, double* HC, const double* WT,
-                              const double* P, const int64_t* steps, const int64_t* hidden) {
-  forward<double>(*reinterpret_cast<const Dims*>(dims), PRE, S, ZC, HC, WT, P, steps, hidden);
+void odyssey_lstm_forward_f64(const int64_t* dims, double* PRE, double* S, double* ZC, double* HC, const double* Wh,
+                              const double* Wg, const double* P, const int64_t* steps, const int64_t* hidden) {
+  forward<double>(*reinterpret_cast<const Dims*>(dims), PRE, S, ZC, HC, Wh, Wg, P, steps, hidden);
 }
 // DCN: (M, H, B), zero on entry; scratch: (2, H, B).
-void odyssey_lstm_backward_f32(const int64_t* dims, const float* S, const float* ZC, const float* HC, const float* W,
-                               const float* P, float* DS, float* dPRE, const float* dC, float* DCN, float* scratch,
+void odyssey_lstm_backward_f32(const int64_t* dims, const float* S, const float* ZC, const float* HC, const float* Wh,
+                               const float* Wg, const float* P, float* DS, float* dPRE, const float* dC, float* DCN, float* scratch,
                                const int64_t* steps, const int64_t* hidden) {
-  backward<float>(*reinterpret_cast<const Dims*>(dims), S, ZC, HC, W, P, DS, dPRE, dC, DCN, scratch, steps, hidden);
+  backward<float>(*reinterpret_cast<const Dims*>(dims), S, ZC, HC, Wh, Wg, P, DS, dPRE, dC, DCN, scratch, steps, hidden);
 }
-void odyssey_lstm_backward_f64(const int64_t* dims, const double* S, const double* ZC, const double* HC, const double* W,
-                               const double* P, double* DS, double* dPRE, const double* dC, double* DCN, double* scratch,
+void odyssey_lstm_backward_f64(const int64_t* dims, const double* S, const double* ZC, const double* HC, const double* Wh,
+                               const double* Wg, const double* P, double* DS, double* dPRE, const double* dC, double* DCN, double* scratch,
                                const int64_t* steps, const int64_t* hidden) {
-  backward<double>(*reinterpret_cast<const Dims*>(dims), S, ZC, HC, W, P, DS, dPRE, dC, DCN, scratch, steps, hidden);
+  backward<double>(*reinterpret_cast<const Dims*>(dims), S, ZC, HC, Wh, Wg, P, DS, dPRE, dC, DCN, scratch, steps, hidden);
 }
 // The elementwise activations alone (for the tests of their accuracy): y = act(x), kind as Act.
 void odyssey_act_f32(int64_t kind, int64_t n, const float* x, float* y) { act<float>(kind, n, x, y); }
 void odyssey_act_f64(int64_t kind, int64_t n, const double* x, double* y) { act<double>(kind, n, x, y); }
-int64_t odyssey_lstm_abi() { return 4; }
+int64_t odyssey_lstm_abi() { return 5; }
 
 }

@@ -38,7 +38,7 @@ __all__ = ["NativeUnavailable", "activation", "kernel_dir", "loop_for", "lstm_ba
 
 SOURCE = Path(__file__).with_name("lstm_loop.cpp")
 FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-std=c++17", "-shared", "-fPIC")
-ABI = 4
+ABI = 5
 _P = ctypes.c_void_p
 
 
@@ -98,10 +98,10 @@ def _load(path: Path) -> ctypes.CDLL:
     if lib.odyssey_lstm_abi() != ABI:
         raise NativeUnavailable(f"{path} has ABI {lib.odyssey_lstm_abi()}, expected {ABI}")
     for name in ("odyssey_lstm_forward_f32", "odyssey_lstm_forward_f64"):
-        getattr(lib, name).argtypes = [_P] * 9
+        getattr(lib, name).argtypes = [_P] * 10
         getattr(lib, name).restype = None
     for name in ("odyssey_lstm_backward_f32", "odyssey_lstm_backward_f64"):
-        getattr(lib, name).argtypes = [_P] * 13
+        getattr(lib, name).argtypes = [_P] * 14
         getattr(lib, name).restype = None
     for name in ("odyssey_act_f32", "odyssey_act_f64"):
         getattr(lib, name).argtypes = [ctypes.c_int64, ctypes.c_int64, _P, _P]
@@ -211,32 +211,40 @@ def activation(lib, name: str, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def lstm_forward(lib, lay: "Layout", PRE, S, ZC, HC, w_rec_t, peephole, steps, hidden) -> None:
+def _weights(lay: "Layout", w_hh: torch.Tensor, w_gate: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """R (M, G*H, H) and, with FGR, Rg (M, K*H, K*H), as stored (the loop reads them in place)."""
+    return w_hh.detach().contiguous(), (w_gate.detach().contiguous() if lay.fgr else None)
+
+
+def lstm_forward(lib, lay: "Layout", PRE, S, ZC, HC, w_hh, w_gate, peephole, steps, hidden) -> None:
     """Fill S, ZC and HC (zeros on entry) from PRE: FusedRecurrence's forward step loop, compiled.
 
-    ``PRE`` (T, M, G*H, B) may have any strides on its first two axes. ``steps``: each member's
+    ``PRE`` (T, M, G*H, 1) may have any strides on its first two axes. ``steps``: each member's
     own number of steps, in any order (None: all T); ``hidden``: each member's own units (None:
     all have ``lay.H``).
     """
     T, M, _, B = PRE.shape
-    P = _peepholes(lay, peephole, B)
-    act, hid = _int64(steps), _int64(hidden)
+    if B != 1:
+        raise ValueError(f"the compiled LSTM loop runs batch 1 only, got {B} (loop_for sends the rest to the Python loop)")
     if PRE.stride(3) != 1 or PRE.stride(2) != B:  # each PRE[t, m] a contiguous (G*H, B) block
         raise ValueError("the compiled LSTM loop needs PRE[t, m] contiguous")
+    P = _peepholes(lay, peephole, B)
+    act, hid = _int64(steps), _int64(hidden)
     dims = _dims(lay, M, T, B, (PRE.stride(0), PRE.stride(1)))
-    w = w_rec_t.detach().contiguous()
+    Wh, Wg = _weights(lay, w_hh, w_gate)
     getattr(lib, f"odyssey_lstm_forward_{_SUFFIX[PRE.dtype]}")(
-        _ptr(dims), PRE.data_ptr(), _ptr(S), _ptr(ZC), _ptr(HC), _ptr(w), _ptr(P), _ptr(act), _ptr(hid)
+        _ptr(dims), PRE.data_ptr(), _ptr(S), _ptr(ZC), _ptr(HC), _ptr(Wh), _ptr(Wg), _ptr(P), _ptr(act), _ptr(hid)
     )
 
 
-def lstm_backward(lib, lay: "Layout", S, ZC, HC, w_rec, peephole, dY, dC, steps, hidden) -> torch.Tensor:
-    """dPRE (T, M, G*H, B) from the forward buffers and the outputs' gradients dY, dC (each
-    (M, T, B, H) or None): FusedRecurrence's backward step loop, compiled."""
+def lstm_backward(lib, lay: "Layout", S, ZC, HC, w_hh, w_gate, peephole, dY, dC, steps, hidden) -> torch.Tensor:
+    """dPRE (T, M, G*H, 1) from the forward buffers and the outputs' gradients dY, dC (each
+    (M, T, 1, H) or None): FusedRecurrence's backward step loop, compiled."""
     T, M, _, H, B = ZC[:-1].shape
-    W = w_rec.detach().contiguous()  # (M, G*H, R)
-    dPRE = S.new_zeros(T, M, W.shape[1], B)
-    DS = S.new_zeros(T, M, W.shape[2], B)
+    Wh, Wg = _weights(lay, w_hh, w_gate)
+    R = H + lay.K * H if lay.fgr else H
+    dPRE = S.new_zeros(T, M, Wh.shape[1], B)
+    DS = S.new_zeros(T, M, R, B)
     if dY is not None:
         DS[:, :, :H] = dY.permute(1, 0, 3, 2)
     dCt = dC.permute(1, 0, 3, 2).contiguous() if dC is not None else None  # (T, M, H, B)
@@ -246,7 +254,7 @@ def lstm_backward(lib, lay: "Layout", S, ZC, HC, w_rec, peephole, dY, dC, steps,
     act, hid = _int64(steps), _int64(hidden)
     dims = _dims(lay, M, T, B)
     getattr(lib, f"odyssey_lstm_backward_{_SUFFIX[S.dtype]}")(
-        _ptr(dims), _ptr(S), _ptr(ZC), _ptr(HC), _ptr(W), _ptr(P), _ptr(DS), _ptr(dPRE), _ptr(dCt), _ptr(DCN),
-        _ptr(scratch), _ptr(act), _ptr(hid),
+        _ptr(dims), _ptr(S), _ptr(ZC), _ptr(HC), _ptr(Wh), _ptr(Wg), _ptr(P), _ptr(DS), _ptr(dPRE), _ptr(dCt),
+        _ptr(DCN), _ptr(scratch), _ptr(act), _ptr(hid),
     )  # fmt: skip
     return dPRE
