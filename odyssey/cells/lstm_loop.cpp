@@ -190,48 +190,50 @@ inline F dot(const F* __restrict__ a, const F* __restrict__ b, int64_t n) {
   return sum;
 }
 
-// out[k] += a_k[0:n] . b[0:n] for four rows a_k sharing b: each row's sum as dot() forms it.
-// (A transposed copy for axpy-form products measured slower: the copy per call cost more than
-// the reductions.)
+// Four dot products at once: add(a, b, n) accumulates a_k[0:n] . b[0:n] for four rows a_k that
+// share b, over any number of segments (FGR: y' and each gate's activations), into V-lane
+// accumulators and a scalar tail; finish() reduces each row once, in a fixed lane order, and
+// adds it to out[k]. A row's sum depends only on the segments' lengths. (A transposed copy of
+// the weights for axpy-form products measured slower: the copy per call cost more than these
+// reductions.)
 template <typename F>
-inline void dot4(const F* const* a, const F* __restrict__ b, int64_t n, F* out) {
-  constexpr int64_t V = 64 / sizeof(F);
-  const F* __restrict__ a0 = a[0];
-  const F* __restrict__ a1 = a[1];
-  const F* __restrict__ a2 = a[2];
-  const F* __restrict__ a3 = a[3];
-  F c0[V] = {}, c1[V] = {}, c2[V] = {}, c3[V] = {};
-  int64_t i = 0;
-  for (; i + V <= n; i += V)
-    for (int64_t j = 0; j < V; ++j) {
-      const F x = b[i + j];
-      c0[j] += a0[i + j] * x;
-      c1[j] += a1[i + j] * x;
-      c2[j] += a2[i + j] * x;
-      c3[j] += a3[i + j] * x;
-    }
-  for (int64_t w = V / 2; w > 0; w /= 2)
-    for (int64_t j = 0; j < w; ++j) {
-      c0[j] += c0[j + w];
-      c1[j] += c1[j + w];
-      c2[j] += c2[j + w];
-      c3[j] += c3[j + w];
-    }
-  F s0 = c0[0], s1 = c1[0], s2 = c2[0], s3 = c3[0];
-  for (; i < n; ++i) {
-    s0 += a0[i] * b[i];
-    s1 += a1[i] * b[i];
-    s2 += a2[i] * b[i];
-    s3 += a3[i] * b[i];
-  }
-  out[0] += s0;
-  out[1] += s1;
-  out[2] += s2;
-  out[3] += s3;
-}
+struct Dot4 {
+  static constexpr int64_t V = 64 / sizeof(F);
+  F c[4][V] = {};
+  F tail[4] = {};
 
-// pre[c] += R[c, :hm] . y'[:hm], then with FGR for each gate q2: += Rg[cg, q2*H : q2*H+hm] . s'_q2[:hm]
-// (four rows per pass).
+  inline void add(const F* const* a, const F* __restrict__ b, int64_t n) {
+    const F* __restrict__ a0 = a[0];
+    const F* __restrict__ a1 = a[1];
+    const F* __restrict__ a2 = a[2];
+    const F* __restrict__ a3 = a[3];
+    int64_t i = 0;
+    for (; i + V <= n; i += V)
+      for (int64_t j = 0; j < V; ++j) {
+        const F x = b[i + j];
+        c[0][j] += a0[i + j] * x;
+        c[1][j] += a1[i + j] * x;
+        c[2][j] += a2[i + j] * x;
+        c[3][j] += a3[i + j] * x;
+      }
+    for (; i < n; ++i) {
+      tail[0] += a0[i] * b[i];
+      tail[1] += a1[i] * b[i];
+      tail[2] += a2[i] * b[i];
+      tail[3] += a3[i] * b[i];
+    }
+  }
+
+  inline void finish(F* out) {
+    for (int64_t w = V / 2; w > 0; w /= 2)
+      for (int64_t k = 0; k < 4; ++k)
+        for (int64_t j = 0; j < w; ++j) c[k][j] += c[k][j + w];
+    for (int64_t k = 0; k < 4; ++k) out[k] += c[k][0] + tail[k];
+  }
+};
+
+// pre[c] += R[c, :hm] . y'[:hm] (+ with FGR, for each gate q2: Rg[cg, q2*H : q2*H+hm] . s'_q2[:hm]),
+// four rows per pass; the last hm % 4 rows one by one.
 template <typename F>
 void recurrent_forward(const Dims& d, int64_t hm, const F* Wh, const F* Wg, const F* s, F* pre) {
   const int64_t H = d.H, K = d.K(), KH = K * H;
@@ -242,19 +244,22 @@ void recurrent_forward(const Dims& d, int64_t hm, const F* Wh, const F* Wg, cons
     for (; u + 4 <= hm; u += 4) {
       const int64_t c = g * H + u;
       const F* a[4] = {Wh + c * H, Wh + (c + 1) * H, Wh + (c + 2) * H, Wh + (c + 3) * H};
-      dot4(a, s, hm, pre + c);
+      Dot4<F> acc;
+      acc.add(a, s, hm);
       if (gated)
         for (int64_t q2 = 0; q2 < K; ++q2) {
           const F* row = Wg + (q * H + u) * KH + q2 * H;
           const F* ag[4] = {row, row + KH, row + 2 * KH, row + 3 * KH};
-          dot4(ag, s + H + q2 * H, hm, pre + c);
+          acc.add(ag, s + H + q2 * H, hm);
         }
+      acc.finish(pre + c);
     }
     for (; u < hm; ++u) {
       const int64_t c = g * H + u;
-      pre[c] += dot(Wh + c * H, s, hm);
+      F sum = dot(Wh + c * H, s, hm);
       if (gated)
-        for (int64_t q2 = 0; q2 < K; ++q2) pre[c] += dot(Wg + (q * H + u) * KH + q2 * H, s + H + q2 * H, hm);
+        for (int64_t q2 = 0; q2 < K; ++q2) sum += dot(Wg + (q * H + u) * KH + q2 * H, s + H + q2 * H, hm);
+      pre[c] += sum;
     }
   }
 }
