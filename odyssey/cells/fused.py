@@ -22,10 +22,15 @@
 * **Backward step by step, in cache.** The per-step factors (sigma', h', ...) are formed inside
   the reverse loop from the buffers above; the gradients of the weights and of the input are
   large products over all steps after the loop.
+* **Two step loops, one set of buffers.** On the CPU at batch 1 both step loops run compiled
+  (:mod:`odyssey.cells.native`, ``lstm_loop.cpp``: a packed member computes only its own units
+  and steps there); elsewhere they are the ATen ops of :func:`_python_forward` and
+  :func:`_python_backward`. Both fill the buffers above with the equations below.
 
-Measured on 2 CPU cores at T = 100, I = 88, H = 100, batch 32 (``odyssey bench cells``): 1.5-1.9x
-``torch.nn.LSTM`` (oneDNN's fused kernel) for the variants, 2.8-3.0x for FGR, and 0.6-0.8x
-PyTorch's own step-by-step LSTM (oneDNN off); the per-step work is ~25 small kernel launches.
+Measured on 2 CPU cores at T = 100, I = 88, H = 100 (``odyssey bench cells``): at batch 32 (this
+module's ATen loop) 1.5-2.2x ``torch.nn.LSTM`` (oneDNN's fused kernel) for the variants, 3.3x for
+FGR, and 0.66-0.87x PyTorch's own step-by-step LSTM (oneDNN off), with ~25 small kernel launches
+per step; at batch 1 (the compiled loop) 0.8-1.0x ``torch.nn.LSTM``, FGR 1.7x.
 
 Backward equations for one step (dy, dc: gradients reaching y_t and c_t; ' = previous step)::
 
@@ -347,7 +352,7 @@ class FusedRecurrence(torch.autograd.Function):
         x, w_ih, w_hh, peephole, w_gate, S, ZC, HC = ctx.saved_tensors
         Z, C = ZC[:-1, :, 0], ZC[:, :, 1]
         T, M, H, B = Z.shape
-        n_if, rows, blocks = lay.n_if, lay.state_rows, lay.pre_blocks
+        n_if, blocks = lay.n_if, lay.pre_blocks
         lib = native.loop_for(Z, B)
         if lib:
             dPRE = native.lstm_backward(lib, lay, S, ZC, HC if lay.has_o else None, w_hh, w_gate, peephole, dY, dC, ctx.steps, ctx.hidden)
