@@ -283,6 +283,22 @@ def test_no_compiler_warns_once_and_the_python_loop_runs(fresh_library, monkeypa
     assert out[0].abs().max() > 0.1
 
 
+def test_an_unwritable_kernel_folder_or_a_missing_cxx_is_named(fresh_library, monkeypatch, tmp_path, calls):
+    locked = tmp_path / "locked"
+    locked.write_text("a file where the folder should be")
+    monkeypatch.setenv("ODYSSEY_KERNEL_DIR", str(locked / "kernels"))
+    with pytest.warns(RuntimeWarning, match=r"cannot write the kernel folder .*locked/kernels.*ODYSSEY_KERNEL_DIR"):
+        assert native.lstm_loop() is None
+    native._library.cache_clear()
+    native._warned.cache_clear()
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+    with pytest.warns(RuntimeWarning, match=r"\$CXX=.*no-such-c\+\+.* is not an executable compiler"):
+        assert native.lstm_loop() is None
+    out = layer_run("vanilla", torch.float32, bidirectional=False, compiled=True, monkeypatch=monkeypatch)
+    assert calls == {"forward": 0, "backward": 0}
+    assert out[0].abs().max() > 0.1
+
+
 def test_a_failing_compiler_is_named_with_its_message(fresh_library, monkeypatch, tmp_path):
     cxx = tmp_path / "broken-c++"
     cxx.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo broken 1.0; exit 0; fi\necho 'fatal: out of licences' >&2\nexit 1\n")

@@ -1,8 +1,8 @@
 """The compiled CPU time loop (``lstm_loop.cpp``): built on first use, cached, loaded with ctypes.
 
-:class:`~odyssey.cells.fused.FusedRecurrence` runs its step loops through this library when its
-tensors are on the CPU, and through the Python loop (ATen ops) otherwise, or when no library can
-be had. Both fill the same buffers with the same equations; the tests check one against the other.
+:class:`~odyssey.cells.fused.FusedRecurrence` runs its step loops through this library on the
+CPU at batch 1 (the paper's online SGD), and through the Python loop (ATen ops) otherwise, or when
+no library can be had. Both fill the same buffers with the same equations; the tests check one against the other.
 
 * **Build.** The C++ file needs only a C++17 compiler (no PyTorch headers, no ninja): one
   ``-O3 -march=native`` compile of about 1.5 s, once per machine. The shared library is cached as
@@ -61,11 +61,16 @@ def kernel_dir() -> Path:
 
 
 def _compiler() -> str:
-    for name in filter(None, (os.environ.get("CXX"), "c++", "g++", "clang++")):
+    if os.environ.get("CXX"):
+        found = shutil.which(os.environ["CXX"])
+        if not found:
+            raise NativeUnavailable(f"$CXX={os.environ['CXX']!r} is not an executable compiler")
+        return found
+    for name in ("c++", "g++", "clang++"):
         found = shutil.which(name)
         if found:
             return found
-    raise NativeUnavailable("no C++ compiler found ($CXX, c++, g++ or clang++ on PATH)")
+    raise NativeUnavailable("no C++ compiler found (c++, g++ or clang++ on PATH; or set $CXX)")
 
 
 def _cpu_identity() -> str:
@@ -79,14 +84,19 @@ def _cpu_identity() -> str:
 
 
 def _build(compiler: str, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.stem + ".", suffix=".tmp")
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.stem + ".", suffix=".tmp")
+        os.close(fd)
+    except OSError as exc:
+        raise NativeUnavailable(f"cannot write the kernel folder {target.parent} ({exc.strerror}); set $ODYSSEY_KERNEL_DIR") from None
     try:
         done = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             raise NativeUnavailable(f"{compiler} failed on {SOURCE.name}: {(done.stderr or done.stdout).strip()[-2000:]}")
         os.replace(tmp, target)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise NativeUnavailable(f"{compiler} could not build {SOURCE.name}: {exc}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
