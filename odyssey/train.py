@@ -111,7 +111,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@torch.no_grad()
 def eval_batch_size(cfg: TrialConfig, device: torch.device) -> int:
     """``train.eval_batch_size``, or when it is null: 1 where the compiled CPU LSTM loop runs
     (:mod:`odyssey.cells.native`, batch 1 only), else 64.
@@ -127,6 +126,7 @@ def eval_batch_size(cfg: TrialConfig, device: torch.device) -> int:
     return 64
 
 
+@torch.no_grad()
 def evaluate(model: SequenceModel, task: Task, split: ResidentSplit, batch_size: int) -> dict[str, float]:
     """The task's metrics on a split, pooled over all its scored units (not averaged per batch).
 

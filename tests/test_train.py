@@ -230,3 +230,34 @@ def test_paper_protocol_on_jsb_beats_the_independent_bernoulli_baseline():
     assert result.status == "completed" and len(vals) == 3
     assert vals[-1] < 10.0, vals
     assert result.best_val["nll"] == min(vals) and result.test["nll"] < 10.3, (vals, result.test)
+
+
+@pytest.mark.parametrize("size", [None, 1, 3], ids=["auto", "1", "3"])
+def test_evaluation_builds_no_autograd_graph_at_any_eval_batch_size(size):
+    """``evaluate`` runs under no_grad (the model's forward sees grad mode off), and the metrics do
+    not depend on the evaluation batch size: null (auto), 1 and 3 give the same NLL."""
+    from odyssey.config import compose, trial_config
+    from odyssey.model import build_model
+    from odyssey.tasks import build_task
+    from odyssey.tasks.resident import ResidentSplit
+    from odyssey.train import eval_batch_size, evaluate
+
+    overrides = ["task.length=10", "task.num_train=8", "task.num_valid=7", "task.num_test=4", "model.hidden_size=4"]
+    cfg = trial_config(compose("train", [*overrides, f"train.eval_batch_size={'null' if size is None else size}"]))
+    task = build_task(cfg.task)
+    torch.manual_seed(0)
+    model = build_model(cfg, task)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(torch.is_grad_enabled()))
+    split = ResidentSplit(task.splits["valid"], "cpu")
+    metrics = evaluate(model, task, split, eval_batch_size(cfg, torch.device("cpu")))
+    assert seen and not any(seen)
+    from odyssey.cells import native
+
+    auto = 1 if native.lstm_loop() is not None else 64  # 1 where the compiled CPU loop runs
+    assert eval_batch_size(cfg, torch.device("cpu")) == (size or auto)
+    torch.manual_seed(0)
+    reference = evaluate(build_model(cfg, task), task, split, 64)
+    assert metrics.keys() == reference.keys() and math.isfinite(metrics[task.primary_metric])
+    for k in metrics:
+        assert metrics[k] == pytest.approx(reference[k], rel=1e-6), k
