@@ -57,8 +57,9 @@ SEARCHES = ("random", "tpe")
 SCHEDULERS = ("fifo", "asha")
 EXECUTION_MODES = ("auto", "single", "pack")
 # `execution=auto` on CPU-only trials: measured with `odyssey bench study` (README, trial packs):
-# a pack of 8 JSB trials trains 1.67x the trial-epochs per thread of one trial at a time (both on
-# the compiled CPU loop), and 1.38x those of a plain torch.nn.LSTM loop.
+# a pack of 8 JSB trials trains 1.42-1.67x the trial-epochs per thread of one trial at a time (both
+# on the compiled CPU loop), and 1.22-1.58x those of a plain torch.nn.LSTM loop (FGR: 0.76-0.79x
+# of one at a time; the padded 4H x 4H products outweigh the packing there).
 CPU_DEFAULT_MODE = "pack"
 CPU_PACK_MEMBERS = 8
 GPU_PACK_MEMBERS_MAX = 512
