@@ -222,17 +222,6 @@ def fresh_library(monkeypatch, tmp_path):
     native._warned.cache_clear()
 
 
-@needs_library
-def test_the_library_is_built_once_and_then_loaded_from_its_cache(fresh_library):
-    assert native.lstm_loop() is not None
-    built = list(fresh_library.iterdir())
-    assert len(built) == 1 and built[0].name.startswith("lstm_loop-") and built[0].suffix == ".so"  # no temp file left
-    stamp = built[0].stat().st_mtime_ns
-    native._library.cache_clear()
-    assert native.lstm_loop() is not None
-    assert built[0].stat().st_mtime_ns == stamp  # loaded, not built again
-
-
 LOAD_AND_RUN = (
     "import torch, sys; from odyssey.cells import native, VariantLSTM, preset; "
     "assert native.lstm_loop() is not None; torch.manual_seed(0); l = VariantLSTM(preset('vanilla'), 2, 3).double(); "
@@ -241,30 +230,35 @@ LOAD_AND_RUN = (
 
 
 @needs_library
-def test_a_corrupt_cached_library_is_built_again(tmp_path):
-    """A truncated or foreign file under the key (another process's crash, a copied cache) is
-    rebuilt by the next process that loads it, which then computes as before."""
+def test_the_library_is_built_once_shared_by_concurrent_workers_and_rebuilt_when_corrupt(tmp_path):
+    """Two first uses at once (Ray workers on one node) write under temporary names and rename:
+    both load it, one file remains. A truncated or foreign file under the key (a crash, a copied
+    cache) is rebuilt by the next process, which then computes what the first ones did."""
     env = {**os.environ, "ODYSSEY_KERNEL_DIR": str(tmp_path / "k"), "PYTHONPATH": str(ROOT), "ODYSSEY_NATIVE": "1"}
-    first = subprocess.run([sys.executable, "-c", LOAD_AND_RUN], env=env, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr
-    (so,) = (tmp_path / "k").iterdir()
+    run = [sys.executable, "-c", LOAD_AND_RUN]
+    procs = [subprocess.Popen(run, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    assert outs[0][0] == outs[1][0] and float(outs[0][0]) != 0.0
+    (so,) = (tmp_path / "k").iterdir()  # no temporary file left
+    assert so.name.startswith("lstm_loop-") and so.suffix == ".so"
+    stamp = so.stat().st_mtime_ns
     so.write_bytes(b"not a shared library")
-    second = subprocess.run([sys.executable, "-c", LOAD_AND_RUN], env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr
-    assert so.stat().st_size > 1000 and [f.name for f in (tmp_path / "k").iterdir()] == [so.name]
-    assert second.stdout == first.stdout and float(first.stdout) != 0.0
+    again = subprocess.run(run, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == outs[0][0]
+    assert so.stat().st_size > 1000  # rebuilt
+    assert [f.name for f in (tmp_path / "k").iterdir()] == [so.name] and so.stat().st_mtime_ns != stamp
 
 
 @needs_library
-def test_two_workers_building_at_once_both_load_it(tmp_path):
-    """Concurrent first uses (Ray workers on one node) write under temporary names and rename."""
-    env = {**os.environ, "ODYSSEY_KERNEL_DIR": str(tmp_path / "k"), "PYTHONPATH": str(ROOT)}
-    code = "from odyssey.cells import native; import sys; sys.exit(0 if native.lstm_loop() is not None else 3)"
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
-    assert [f.suffix for f in (tmp_path / "k").iterdir()] == [".so"]
+def test_a_cached_library_is_loaded_not_built_again(fresh_library):
+    assert native.lstm_loop() is not None
+    (so,) = fresh_library.iterdir()
+    stamp = so.stat().st_mtime_ns
+    native._library.cache_clear()
+    assert native.lstm_loop() is not None
+    assert so.stat().st_mtime_ns == stamp
 
 
 def test_no_compiler_warns_once_and_the_python_loop_runs(fresh_library, monkeypatch, tmp_path, calls):
