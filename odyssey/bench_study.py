@@ -32,6 +32,7 @@ from odyssey.config import TrialConfig, compose, trial_config
 from odyssey.noise import gaussian_noise, stream_keys
 from odyssey.tasks import Task, build_task
 from odyssey.tasks.resident import ResidentSplit
+from odyssey.train import EVAL_BATCH_SIZE
 
 __all__ = ["ArmTiming", "bench_study", "main", "reference_trial", "sample_trials"]
 
@@ -89,7 +90,7 @@ def reference_trial(cfg: TrialConfig, task: Task, device: torch.device) -> float
     def forward(x, lengths):  # what ResidentSplit.metric_totals calls
         return model(x)
 
-    eval_size = tr.eval_batch_size or 64  # oneDNN/cuDNN run batches whole
+    eval_size = tr.eval_batch_size or EVAL_BATCH_SIZE  # oneDNN/cuDNN run batches whole
     best = math.inf
     for epoch in range(1, tr.max_epochs + 1):
         order = torch.randperm(len(data["train"]), generator=gen)

@@ -111,9 +111,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+EVAL_BATCH_SIZE = 64  # train.eval_batch_size: null where batches pay (the Python loop, oneDNN, cuDNN)
+
+
 def eval_batch_size(cfg: TrialConfig, device: torch.device) -> int:
     """``train.eval_batch_size``, or when it is null: 1 where the compiled CPU LSTM loop runs
-    (:mod:`odyssey.cells.native`, batch 1 only), else 64.
+    (:mod:`odyssey.cells.native`, batch 1 only), else ``EVAL_BATCH_SIZE`` (64).
 
     Measured on 2 CPU cores (JSB, a pack of 8 trials, one epoch): the pack's epoch took 6.1 s
     evaluating one sequence at a time against 7.2 s at 64 (the batched ATen steps of the Python
@@ -123,7 +126,7 @@ def eval_batch_size(cfg: TrialConfig, device: torch.device) -> int:
         return cfg.train.eval_batch_size
     if cfg.variant.family == "lstm" and torch.device(device).type == "cpu" and native.lstm_loop() is not None:
         return 1
-    return 64
+    return EVAL_BATCH_SIZE
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@
 //   HC  (T, M, H, B)          out: h(c_t) (with an output gate; else y is h(c) itself)
 //   Wh  (M, G*H, H)   R, the recurrent weights (weight_hh); Wg (M, K*H, K*H) Rg (FGR, else null)
 //   DS  (T, M, R, B)  in/out: the gradient reaching S[t+1]'s first R rows (dY's share in, R^T dpre added)
-//   dPRE (T, M, G*H, B) out; dC (T, M, H, B) optional in; P (M, K, H, B) peepholes (i, f, o order), expanded over B
+//   dPRE (T, M, G*H, B) out; dC (T, M, H, B) optional in; P (M, K, H) peepholes (i, f, o order)
 //
 // Member m computes only its own units u < hidden[m] (a pack pads hidden sizes to H; the padded
 // units' weights are zero, so their values are exactly zero on the Python path too, except FGR's
@@ -311,7 +311,7 @@ void forward(const Dims& d, F* PRE, F* S, F* ZC, F* HC, const F* Wh, const F* Wg
       F* z = ZC + ((t * M + m) * 2) * HB;
       F* c = ZC + (((t + 1) * M + m) * 2 + 1) * HB;
       F* hc = d.has_o ? HC + (t * M + m) * HB : s_next;  // no output gate: y = h(c) itself
-      const F* p = d.peep ? P + m * K * HB : nullptr;   // (K, H, B): the peepholes, expanded over B
+      const F* p = d.peep ? P + m * K * H : nullptr;  // (K, H): the peepholes (B = 1)
       recurrent_forward<F>(d, hm, Wh + m * GH * H, d.fgr ? Wg + m * K * H * K * H : nullptr, s, pre);  // + R y' (+ Rg s')
       F* i = s_next + HB;
       F* f = s_next + HB + kf * HB;
@@ -353,7 +353,7 @@ void backward(const Dims& d, const F* S, const F* ZC, const F* HC, const F* Wh, 
       const F* z = ZC + ((t * M + m) * 2) * HB;
       const F* c_prev = ZC + ((t * M + m) * 2 + 1) * HB;
       const F* hc = d.has_o ? HC + (t * M + m) * HB : s_next;
-      const F* p = d.peep ? P + m * K * HB : nullptr;
+      const F* p = d.peep ? P + m * K * H : nullptr;
       const F* i = s_next + HB;
       const F* f = s_next + HB + kf * HB;
       F* dcn = DCN + m * HB;  // what c_t passes to c_{t-1}; zero before a member's last step

@@ -204,13 +204,13 @@ def _int64(values: Sequence[int] | None) -> torch.Tensor | None:
     return None if values is None else torch.tensor(list(values), dtype=torch.int64)
 
 
-def _peepholes(lay: "Layout", peephole: torch.Tensor | None, B: int) -> torch.Tensor | None:
-    """(M, K, H, B): each own gate's peephole row, repeated over the batch (flat loops over units)."""
+def _peepholes(lay: "Layout", peephole: torch.Tensor | None) -> torch.Tensor | None:
+    """(M, K, H): each own gate's peephole row (order i, f, o), contiguous."""
     if not lay.peep:
         return None
     if peephole.shape[1] != lay.K:
         raise ValueError(f"the compiled LSTM loop needs a peephole per own gate ({lay.K}), got {peephole.shape[1]}")
-    return peephole.detach()[..., None].expand(*peephole.shape, B).contiguous()
+    return peephole.detach().contiguous()
 
 
 def activation(lib, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -238,7 +238,7 @@ def lstm_forward(lib, lay: "Layout", PRE, S, ZC, HC, w_hh, w_gate, peephole, ste
         raise ValueError(f"the compiled LSTM loop runs batch 1 only, got {B} (loop_for sends the rest to the Python loop)")
     if PRE.stride(3) != 1 or PRE.stride(2) != B:  # each PRE[t, m] a contiguous (G*H, B) block
         raise ValueError("the compiled LSTM loop needs PRE[t, m] contiguous")
-    P = _peepholes(lay, peephole, B)
+    P = _peepholes(lay, peephole)
     act, hid = _int64(steps), _int64(hidden)
     dims = _dims(lay, M, T, B, (PRE.stride(0), PRE.stride(1)))
     Wh, Wg = _weights(lay, w_hh, w_gate)
@@ -260,7 +260,7 @@ def lstm_backward(lib, lay: "Layout", S, ZC, HC, w_hh, w_gate, peephole, dY, dC,
     dCt = dC.permute(1, 0, 3, 2).contiguous() if dC is not None else None  # (T, M, H, B)
     DCN = S.new_zeros(M, H, B)
     scratch = S.new_empty(2, H, B)
-    P = _peepholes(lay, peephole, B)
+    P = _peepholes(lay, peephole)
     act, hid = _int64(steps), _int64(hidden)
     dims = _dims(lay, M, T, B)
     getattr(lib, f"odyssey_lstm_backward_{_SUFFIX[S.dtype]}")(

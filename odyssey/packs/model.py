@@ -124,11 +124,10 @@ class PackedSequenceModel:
                 self._direction_keys.setdefault((int(match.group(1)), match.group(3) or ""), {})[match.group(2)] = key
         self.dims = {k: self._dims(k) for k in self.keys}
         self.params = {k: self.stack([s[k] for s in states], k, device=device, dtype=dtype).requires_grad_() for k in self.keys}
-        self.masks, self._padding_exact = None, False
+        self._padding, self._padding_exact = None, False  # padded entries of each parameter (True)
         if len(set(self.hidden_sizes)) > 1:  # padded entries exist: their gradients are zeroed
             ones = [{k: torch.ones_like(s[k], dtype=torch.bool) for k in self.keys} for s in states]
-            self.masks = {k: self.stack([o[k] for o in ones], k, device=device, dtype=torch.bool) for k in self.keys}
-            self._padding = {k: ~mask for k, mask in self.masks.items()}
+            self._padding = {k: ~self.stack([o[k] for o in ones], k, device=device, dtype=torch.bool) for k in self.keys}
 
     def _dims(self, key: str) -> list[tuple[int, bool]]:
         return param_dims(key, self.spec, input_size=self.input_size, output_size=self.output_size, directions=self.directions)
@@ -158,7 +157,7 @@ class PackedSequenceModel:
         After a forward pass of the compiled CPU LSTM loop there is nothing to zero: it writes no
         padded unit, so every padded activation, state and gradient is an exact zero (a member
         with a NaN aside, which the trainer ends at the epoch's end)."""
-        if self.masks is None or self._padding_exact:
+        if self._padding is None or self._padding_exact:
             return
         for k, p in self.params.items():
             if p.grad is not None:
