@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from odyssey.bench import _timer
-from odyssey.config import TrialConfig, compose, trial_config
+from odyssey.config import TrialConfig, compose_trial
 from odyssey.noise import gaussian_noise, stream_keys
 from odyssey.tasks import Task, build_task
 from odyssey.tasks.resident import ResidentSplit
@@ -63,9 +63,9 @@ def sample_trials(n: int, *, epochs: int, seed: int = 0, overrides: tuple[str, .
 
     from odyssey.sweep.search_space import translate
 
-    cfg = compose("sweep", ["task=jsb", *overrides])
+    cfg, base = compose_trial("sweep", ["task=jsb", *overrides])
     space = translate(OmegaConf.to_container(cfg.search_space, resolve=True))
-    base = trial_config(cfg).replace(train={"max_epochs": epochs, "patience": epochs + 1})
+    base = base.replace(train={"max_epochs": epochs, "patience": epochs + 1})
     rng = np.random.default_rng(seed)
     return [base.replace(**space.decode(space.sample(rng))).replace(seed=seed + i) for i in range(n)]
 

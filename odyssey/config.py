@@ -44,6 +44,7 @@ __all__ = [
     "check_fields",
     "check_type",
     "compose",
+    "compose_trial",
     "config_dir",
     "config_schemas",
     "config_search_path",
@@ -597,8 +598,29 @@ def typed(node: Any, schema: type, key: str) -> Any:
     return schema(**container)
 
 
+def compose_trial(config_name: str, overrides: Sequence[str]) -> tuple[DictConfig, TrialConfig]:
+    """Compose ``conf/<config_name>.yaml`` with ``overrides`` and type its trial config, with the
+    checks that need to know how the variant was selected (:mod:`odyssey.variant_selection`): a
+    switch of another family is refused whatever its value, variants of two families cannot be
+    combined, and a variant file names its variant (``variant=gruish`` is labelled ``gruish``)."""
+    from odyssey.cells import FAMILIES
+    from odyssey.variant_selection import select
+
+    cfg = compose(config_name, overrides)
+    selection = select(config_name, overrides)
+    family = (cfg.get("variant") or {}).get("family", "lstm")
+    if family in FAMILIES:  # else trial_config names the unknown family
+        selection.check(family)
+    trial = trial_config(cfg)
+    label = selection.label()
+    if label is not None and trial.variant.name is None:
+        trial = trial.replace(variant=dataclasses.replace(trial.variant, name=label))
+    return cfg, trial
+
+
 def trial_config(cfg: DictConfig) -> TrialConfig:
-    """The typed trial config from a composed ``train`` (or ``sweep``) config."""
+    """The typed trial config from a composed ``train`` (or ``sweep``) config (the entry points use
+    :func:`compose_trial`, which also checks how the variant was selected)."""
     try:
         variant = variant_from_mapping(_container(cfg, "variant"))
         task = task_config_from_mapping(_container(cfg, "task"))

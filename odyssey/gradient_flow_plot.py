@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from odyssey.config import TRAIN_GROUPS, TrackingConfig, compose, groups_help, trial_config, typed
+from odyssey.config import TRAIN_GROUPS, TrackingConfig, compose, compose_trial, groups_help, typed
 from odyssey.errors import ConfigError, ServiceError
 
 __all__ = ["main", "plot_gradient_flow"]
@@ -103,7 +103,7 @@ def run(variants: Sequence[str], overrides: Sequence[str], *, out: Path, train_e
     from odyssey.gradient_flow import gradient_flow
     from odyssey.tasks import build_task
 
-    configs = [trial_config(compose("train", [*overrides, f"variant={v}"])) for v in variants]
+    configs = [compose_trial("train", [*overrides, f"variant={v}"])[1] for v in variants]
     tracking = typed(compose("train", list(overrides)).get("tracking"), TrackingConfig, "tracking")
     task = build_task(configs[0].task)
     curves = []

@@ -11,10 +11,9 @@ from odyssey.config import (
     cfg_job,
     check_device_available,
     take_config_dirs,
-    compose,
+    compose_trial,
     groups_help,
     print_composed,
-    trial_config,
     typed,
 )
 from odyssey.errors import ServiceError
@@ -50,8 +49,7 @@ def main(argv: list[str]) -> int:
         print_composed("train", argv)
         return 0
     quiet_mlflow_urls()
-    cfg = compose("train", argv)
-    trial = trial_config(cfg)
+    cfg, trial = compose_trial("train", argv)
     tracking = typed(cfg.get("tracking"), TrackingConfig, "tracking")
     check_device_available(trial.train.device, cuda_devices=_cuda_devices())
     task = build_task(trial.task)  # data errors surface here, before a run is created

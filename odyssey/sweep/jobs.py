@@ -287,6 +287,9 @@ def _submit(env: dict[str, Any], overrides: Sequence[str], *, address: str | Non
     cfg = compose("sweep", overrides)  # unknown experiment, bad keys: fail here, not on the cluster
     from omegaconf import OmegaConf
 
+    from odyssey.sweep.study import check_no_variant_overrides
+
+    check_no_variant_overrides(overrides)
     translate(OmegaConf.to_container(cfg.search_space, resolve=True), name="search_space")
     if cfg.get("tracking") is not None and cfg.tracking.get("uri"):
         env["env_vars"]["MLFLOW_TRACKING_URI"] = str(cfg.tracking.uri)

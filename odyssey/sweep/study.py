@@ -33,8 +33,8 @@ from odyssey.config import (
     check_fields,
     check_type,
     compose,
+    compose_trial,
     group_options,
-    trial_config,
     typed,
 )
 from odyssey.errors import ConfigError, OdysseyError
@@ -50,6 +50,7 @@ __all__ = [
     "SearchPlan",
     "StudyConfig",
     "SweepConfig",
+    "check_no_variant_overrides",
     "load_sweep",
 ]
 
@@ -239,11 +240,36 @@ class SweepConfig:
     overrides: tuple[str, ...]  # the user's Hydra overrides (recorded on the parent runs)
 
 
+def check_no_variant_overrides(overrides: Sequence[str]) -> None:
+    """A study's variants come from ``study.variants`` only: a ``variant=`` or ``variant.*=``
+    override (or an experiment's ``variant:`` keys) would change every search's cell while the
+    searches keep their labels, so it is refused."""
+    from odyssey.variant_selection import select, variant_overrides
+
+    given = variant_overrides(overrides)
+    if not given:
+        explicit = select("sweep", overrides).explicit
+        given = [f"variant.{k}={v}" for k, v in sorted(explicit.items())]
+        if not given:
+            return
+        where = "the experiment (or another config file) sets"
+    else:
+        where = "the override(s)"
+    raise ConfigError(
+        f"{where} {' '.join(given)}: in a sweep the variants come from study.variants only (a variant override "
+        "would change every search's cell under its own label); put a combined variant in a file "
+        "(e.g. conf/variant/np_cifg.yaml with `peepholes: false` and `coupled_input_forget: true`, in your "
+        "config folder) and list it: study.variants=[vanilla,np_cifg]. odyssey train takes variant=[a,b] "
+        "and variant.*=... for single trials"
+    )
+
+
 def load_sweep(overrides: Sequence[str], *, cwd: Path | None = None) -> SweepConfig:
     """Compose ``conf/sweep.yaml`` with ``overrides`` and check the whole study (see module doc)."""
     overrides = list(overrides)
     cwd = (cwd or Path.cwd()).resolve()
     cfg = compose("sweep", overrides)
+    check_no_variant_overrides(overrides)
     resume = check_type("resume", cfg.get("resume", False), bool)
     seed = check_type("seed", cfg.get("seed", 0), int)
     study = _study(cfg)
@@ -258,8 +284,10 @@ def load_sweep(overrides: Sequence[str], *, cwd: Path | None = None) -> SweepCon
     searches = []
     for task in study.tasks:
         for variant in study.variants:
-            pair_cfg = compose("sweep", overrides + [f"task={task}", f"variant={variant}"])
-            base = trial_config(pair_cfg)
+            _, base = compose_trial("sweep", overrides + [f"task={task}", f"variant={variant}"])
+            # A search is labelled by its study.variants entry: the parent run, the run names and
+            # every trial's variant tag then say the same (a file's own `name:` labels odyssey train).
+            base = base.replace(variant=dataclasses.replace(base.variant, name=variant))
             _check_space_against(space, base, task, variant)
             if task not in task_meta:
                 task_meta[task] = _task_meta(base)
