@@ -77,10 +77,15 @@ TAG_NUM_SAMPLES = "odyssey.num_samples"  # search runs: the trial budget
 TAG_OVERRIDES = "odyssey.overrides"  # search runs: the user's Hydra overrides
 TAG_SEARCH_KEY = "odyssey.search_key"  # search runs: "<task>__<variant>", found again on resume
 TAG_SEARCH_SPACE = "odyssey.search_space"  # search runs: the sampled space, readable
+# search runs: what makes its trials comparable with another search's (the task's identity, the
+# model, the training protocol, the space, searcher, scheduler, seed, trials), as JSON
+TAG_SEARCH_BUDGET = "odyssey.search_budget"
+TAG_EXTENSION = "odyssey.extension"  # search runs added by `study.extend=true`: the extension's number
 
 # Experiment tags (odyssey.sweep.identity)
 TAG_STORAGE = "odyssey.sweep.storage"
 TAG_BUDGET = "odyssey.sweep.budget"
+TAG_EXTENSIONS = "odyssey.sweep.extensions"  # JSON list: each `study.extend=true`'s variants and time
 TAG_LEASE = "odyssey.lease"
 
 # --------------------------------------------------------------------------------------------
@@ -208,4 +213,23 @@ def check_store(uri: str, *, existing: bool = False, timeout: float = 5.0) -> No
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ServiceError(f"MLflow tracking store {uri}: cannot create {folder}: {exc}") from None
+
+
+def record_differences(old: object, new: object, prefix: str = "", *, only_recorded: bool = False) -> list[str]:
+    """Where two recorded JSON values differ, one ``key.path: OLD recorded, NEW now`` each.
+
+    ``only_recorded``: keys that ``old`` does not have are not compared (a record written by an
+    older odyssey, which did not record them).
+
+    Example:
+        >>> record_differences({"task": {"length": 20}}, {"task": {"length": 50}})
+        ['task.length: 20 recorded, 50 now']
+    """
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(old) if only_recorded else sorted(set(old) | set(new))
+        out: list[str] = []
+        for key in keys:
+            out += record_differences(old.get(key), new.get(key), f"{prefix}{key}.", only_recorded=only_recorded)
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} recorded, {new!r} now"]
 

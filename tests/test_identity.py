@@ -126,3 +126,37 @@ def test_resume_from_a_storage_path_that_has_no_state_says_why(tmp_path, mlflow_
     with pytest.raises(ConfigError, match=rf"Ray Tune state is recorded at {tmp_path / 'a' / 'ray_results'} on host .*which this machine cannot see"):
         with identity.claim(elsewhere, mlflow_server, exp):
             pass
+
+
+def test_the_analysis_refuses_searches_of_one_task_with_different_recorded_budgets(tmp_path, mlflow_server):
+    """Searches whose recorded budgets differ (e.g. written by a resume that changed the task, as
+    measured before #20) are not compared: mixed_sweeps names the difference."""
+    from odyssey.analysis.study import load_study, mixed_sweeps
+    from odyssey.run_schema import TAG_SEARCH_BUDGET
+
+    name = "mixed-budgets"
+    exp = experiment(mlflow_server, name)
+    short, long_ = sweep_config(tmp_path, name), sweep_config(tmp_path, name, "task.length=50", "study.variants=[cifg]")
+    for sweep in (short, long_):
+        (plan,) = sweep.searches
+        mlflow_runs.start_parent_run(
+            mlflow_server, exp, study=name, task=plan.task, variant=plan.variant, resume=False,
+            tags={TAG_SEARCH_BUDGET: json.dumps(identity.search_budget(sweep, plan))},
+        )  # fmt: skip
+    problems = mixed_sweeps(load_study(name, tracking_uri=mlflow_server))
+    assert problems == ["task adding: searches vanilla and cifg ran different budgets (task.length: 10 (vanilla) vs 50 (cifg))"]
+
+
+def test_a_resume_refuses_a_variant_whose_switches_changed(tmp_path, mlflow_server, monkeypatch):
+    name = "changed-switches"
+    exp = experiment(mlflow_server, name)
+    (tmp_path / "conf" / "variant").mkdir(parents=True)
+    mine = tmp_path / "conf" / "variant" / "mine.yaml"
+    mine.write_text("peepholes: false\n")
+    monkeypatch.setenv("ODYSSEY_CONFIG_PATH", str(tmp_path / "conf"))
+    with identity.claim(sweep_config(tmp_path, name, "study.variants=[vanilla,mine]"), mlflow_server, exp):
+        add_parent(mlflow_server, exp, name)
+    mine.write_text("peepholes: false\ncoupled_input_forget: true\n")
+    with pytest.raises(ConfigError, match=r"variant mine: coupled_input_forget: False recorded, True now.*Restore the variant file"):
+        with identity.claim(sweep_config(tmp_path, name, "study.variants=[vanilla,mine]", "resume=true"), mlflow_server, exp):
+            pass

@@ -7,6 +7,7 @@ everything back from the tracking server with ``MlflowClient``.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -271,6 +272,58 @@ def test_sweep_end_to_end(tmp_path, mlflow_server, ray_cluster, capsys):
     counts = report.counts.set_index("variant")
     assert counts.loc["vanilla", "completed"] == counts.loc["nfg", "completed"] == 3
     assert "nfg" in set(report.comparison["variant"]) and (tmp_path / "analysis" / "report.html").is_file()
+
+    # Refusals (#20) record nothing and change nothing: a variant override on the sweep (it would
+    # train other cells under the searches' labels), a resume with another task setting and an
+    # extra variant (they would be compared as one study), an extension with another task setting.
+    before = study_snapshot(mlflow_server, name)
+    refused = {
+        "variant.peepholes=false": r"in a sweep the variants come from study.variants only",
+        "variant=[nig,cifg]": r"in a sweep the variants come from study.variants only",
+        "task.length=50 study.variants=[vanilla,nfg,cifg] resume=true": r"another budget \(protocol.adding.task.length: 10 recorded, 50 now\)|cifg",
+        "study.variants=[vanilla,nfg,cifg] resume=true": r"not in the record: \['cifg'\].*study.extend=true",
+        "study.variants=[cifg] task.length=50 study.extend=true": r"protocol.adding.task.length: 10 recorded, 50 now",
+        "study.variants=[vanilla,nfg] study.tasks=[adding,temporal_order] study.extend=true": r"recorded the task\(s\) \['adding'\]",
+    }
+    for extra, words in refused.items():
+        with pytest.raises(ConfigError, match=words):
+            sweep_main([*overrides, *extra.split()])
+    assert study_snapshot(mlflow_server, name) == before
+
+    # An explicit extension adds a search with the recorded budget, says so and records it; the
+    # analysis then compares the new variant with the recorded vanilla.
+    assert sweep_main([*overrides, "study.variants=[cifg]", "study.extend=true"]) == 0
+    out = capsys.readouterr().out
+    assert "study.extend: adding the search(es) adding/cifg to study 'e2e'" in out
+    client, parents, runs = study_runs(mlflow_server, name)
+    assert sorted(p.data.tags[TAG_VARIANT] for p in parents) == ["cifg", "nfg", "vanilla"]
+    (added,) = [p for p in parents if p.data.tags[TAG_VARIANT] == "cifg"]
+    assert added.data.tags["odyssey.extension"] == "1"
+    assert json.loads(added.data.tags["odyssey.search_budget"]) == json.loads(
+        next(p for p in parents if p.data.tags[TAG_VARIANT] == "vanilla").data.tags["odyssey.search_budget"]
+    )
+    exp_tags = client.get_experiment_by_name(name).tags
+    assert json.loads(exp_tags["odyssey.sweep.extensions"])[0]["variants"] == ["cifg"]
+    assert set(json.loads(exp_tags["odyssey.sweep.budget"])["variants"]) == {"vanilla", "nfg", "cifg"}
+    assert Counter(r.data.tags[TAG_VARIANT] for r in runs) == {"vanilla": 3, "nfg": 3, "cifg": 3}
+    from odyssey.analysis.study import load_study, mixed_sweeps
+
+    assert mixed_sweeps(load_study(name, tracking_uri=mlflow_server)) == []
+    report = od.study(*overrides, "study.variants=[vanilla,nfg,cifg]", "resume=true").analyze(
+        out_dir=tmp_path / "analysis2", log=False, min_trials=2, n_trees=8
+    )
+    assert {"nfg", "cifg"} <= set(report.comparison["variant"])
+
+
+def study_snapshot(uri: str, name: str) -> dict:
+    """Every run of a study (tags, params, metrics, status) and the experiment's tags but the lease."""
+    client, parents, trials = study_runs(uri, name)
+    exp = client.get_experiment_by_name(name)
+    runs = {
+        r.info.run_id: (r.info.status, r.info.run_name, dict(r.data.tags), dict(r.data.params), dict(r.data.metrics))
+        for r in client.search_runs([exp.experiment_id], max_results=1000)
+    }
+    return {"runs": runs, "tags": {k: v for k, v in exp.tags.items() if k != "odyssey.lease"}}
 
 
 @pytest.mark.slow

@@ -38,12 +38,14 @@ from odyssey.run_schema import (
     TAG_LOWER_IS_BETTER,
     TAG_PARAMS_COUNT,
     TAG_PRIMARY_METRIC,
+    TAG_SEARCH_BUDGET,
     TAG_SEED,
     TAG_TASK,
     TAG_VARIANT,
     best_val_metric,
     check_store,
     default_tracking_uri,
+    record_differences,
     status_of,
     test_metric,
 )
@@ -235,9 +237,13 @@ def load_study(name: str, *, tracking_uri: str | None = None) -> Study:
     _fill_metric(rows)
     parents = sorted(_search_all(client, exp.experiment_id, ROLE_SEARCH), key=lambda r: r.info.start_time or 0)
     searches = pd.DataFrame(
-        [{"run_id": r.info.run_id, "task": r.data.tags.get(TAG_TASK), "variant": r.data.tags.get(TAG_VARIANT)} for r in parents],
-        columns=["run_id", "task", "variant"],
-    )
+        [
+            {"run_id": r.info.run_id, "task": r.data.tags.get(TAG_TASK), "variant": r.data.tags.get(TAG_VARIANT),
+             "budget": r.data.tags.get(TAG_SEARCH_BUDGET)}
+            for r in parents
+        ],
+        columns=["run_id", "task", "variant", "budget"],
+    )  # fmt: skip
     parent_spaces, notes = _read_spaces(uri, parents)
     spaces = _search_spaces(rows, searches, parent_spaces)
     _fill_hyperparameters(rows, spaces)
@@ -265,6 +271,7 @@ def mixed_sweeps(study: Study) -> list[str]:
             problems.append(
                 f"search {task}/{variant}: its parent runs recorded different search spaces (the analysis uses the earliest)"
             )
+    problems += _mixed_search_budgets(study.searches)
     budgets = study.trials.dropna(subset=["max_epochs"])
     for (task, variant), g in budgets.groupby(["task", "variant"]):
         counts = g["max_epochs"].astype(int).value_counts().sort_index()
@@ -277,3 +284,23 @@ def mixed_sweeps(study: Study) -> list[str]:
             shown = ", ".join(f"{v}: {'/'.join(map(str, b))}" for v, b in per_search.items())
             problems.append(f"task {task}: the variants were trained with different epoch budgets ({shown})")
     return problems
+
+
+def _mixed_search_budgets(searches: pd.DataFrame) -> list[str]:
+    """Searches of one task whose recorded budgets (the task's identity, model, protocol, space,
+    searcher, seed: ``odyssey.search_budget``) differ from the first's, naming each difference.
+    Searches recorded before that tag are not compared."""
+    import json
+
+    problems = []
+    recorded = searches.dropna(subset=["budget"]) if "budget" in searches else searches.iloc[0:0]
+    for task, g in recorded.groupby("task"):
+        first = g.iloc[0]
+        reference = json.loads(first["budget"])
+        for _, other in g.iloc[1:].iterrows():
+            diff = record_differences(reference, json.loads(other["budget"]))
+            if diff:
+                shown = "; ".join(d.replace(" recorded, ", f" ({first['variant']}) vs ").replace(" now", f" ({other['variant']})") for d in diff)
+                problems.append(f"task {task}: searches {first['variant']} and {other['variant']} ran different budgets ({shown})")
+    return problems
+

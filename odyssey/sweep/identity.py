@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from odyssey.errors import ConfigError, ServiceError
-from odyssey.run_schema import TAG_BUDGET, TAG_LEASE, TAG_STORAGE  # experiment tags
+from odyssey.run_schema import TAG_BUDGET, TAG_EXTENSIONS, TAG_LEASE, TAG_STORAGE, record_differences  # experiment tags
 
 __all__ = [
-    "Lease", "TAG_BUDGET", "TAG_LEASE", "TAG_STORAGE", "acquire_lease", "budget_of", "claim", "read_lease",
-    "release_lease", "renew_lease",
+    "Lease", "TAG_BUDGET", "TAG_LEASE", "TAG_STORAGE", "acquire_lease", "budget_of", "claim", "extension_number",
+    "read_lease", "release_lease", "renew_lease", "search_budget",
 ]  # fmt: skip
 
 HEARTBEAT_S = 10.0
@@ -65,22 +65,48 @@ class Lease:
         return True
 
 
-def budget_of(sweep) -> dict[str, Any]:
-    """What must be equal for the trials of two drivers to be one sample (``sweep``: SweepConfig):
-    trials per search, each task's training protocol and model, the search space, the searcher,
-    the scheduler and the seed. Where trials run (device, eval batch size) may differ."""
-    protocol = {}
-    for plan in sweep.searches:
-        train = {k: v for k, v in asdict(plan.base.train).items() if k not in ("device", "eval_batch_size")}
-        protocol.setdefault(plan.task, {"train": train, "model": asdict(plan.base.model)})
-    return {
+def search_budget(sweep, plan) -> dict[str, Any]:
+    """What one search's trials are comparable by (``sweep``: SweepConfig, ``plan``: its
+    SearchPlan): the task's identity (its keys but paths, cache and progress switches), the model,
+    the training protocol (but where trials run: device, eval batch size), the search space, the
+    searcher, the scheduler, the seed and the trials per search. Recorded on the search's parent
+    run, where ``odyssey analyze`` compares the searches of a task."""
+    train = {k: v for k, v in asdict(plan.base.train).items() if k not in ("device", "eval_batch_size")}
+    return _plain({
+        "task": plan.base.task.identity(),
+        "model": asdict(plan.base.model),
+        "train": train,
         "num_samples": sweep.study.num_samples,
-        "protocol": protocol,
         "search_space": asdict(sweep.space),
         "search": asdict(sweep.search),
         "scheduler": asdict(sweep.scheduler),
         "seed": sweep.seed,
-    }
+    })  # fmt: skip
+
+
+def budget_of(sweep) -> dict[str, Any]:
+    """The study's record (``sweep``: SweepConfig): every key that changes what a trial computes or
+    how it is scored, per task (:func:`search_budget`), the variants' switches, and the study-wide
+    keys. A resume must match it; ``study.extend=true`` may add variants."""
+    protocol, variants = {}, {}
+    for plan in sweep.searches:
+        budget = search_budget(sweep, plan)
+        protocol.setdefault(plan.task, {k: budget[k] for k in ("task", "train", "model")})
+        variants[plan.variant] = plan.base.variant.switches()
+    return _plain({
+        "num_samples": sweep.study.num_samples,
+        "protocol": protocol,
+        "variants": variants,
+        "search_space": asdict(sweep.space),
+        "search": asdict(sweep.search),
+        "scheduler": asdict(sweep.scheduler),
+        "seed": sweep.seed,
+    })  # fmt: skip
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as the JSON a tag holds and gives back (tuples become lists, paths strings)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 @contextmanager
@@ -92,8 +118,8 @@ def claim(sweep, tracking_uri: str, experiment_id: str) -> Iterator[Path]:
     mlf = mlflow_runs.client(tracking_uri)
     tags = mlf.get_experiment(experiment_id).tags
     _refuse_if_held(sweep.study.name, read_lease(tags.get(TAG_LEASE)))
-    searches = _count_searches(mlf, experiment_id)
-    storage = _check_record(sweep, tags, searches)
+    searches = _recorded_searches(mlf, experiment_id)
+    storage, added = _check_record(sweep, tags, searches)
     lease = acquire_lease(mlf, experiment_id, sweep.study.name)
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(mlf, experiment_id, lease, stop), daemon=True, name="odyssey-lease")
@@ -101,7 +127,9 @@ def claim(sweep, tracking_uri: str, experiment_id: str) -> Iterator[Path]:
     try:
         if not searches or TAG_STORAGE not in tags:  # a new sweep (or one recorded before these tags)
             mlf.set_experiment_tag(experiment_id, TAG_STORAGE, json.dumps({"host": socket.gethostname(), "path": str(storage)}))
-            mlf.set_experiment_tag(experiment_id, TAG_BUDGET, json.dumps(budget_of(sweep), sort_keys=True, default=str))
+            mlf.set_experiment_tag(experiment_id, TAG_BUDGET, json.dumps(budget_of(sweep), sort_keys=True))
+        elif added:
+            _record_extension(mlf, experiment_id, tags, sweep, added)
         yield storage
     finally:
         stop.set()
@@ -109,42 +137,52 @@ def claim(sweep, tracking_uri: str, experiment_id: str) -> Iterator[Path]:
         release_lease(mlf, experiment_id, lease)
 
 
-def _count_searches(mlf, experiment_id: str) -> int:
-    from odyssey.run_schema import ROLE_SEARCH, TAG_ROLE
+def _recorded_searches(mlf, experiment_id: str) -> list[tuple[str, str]]:
+    """The (task, variant) of every search run the study has."""
+    from odyssey.run_schema import ROLE_SEARCH, TAG_ROLE, TAG_TASK, TAG_VARIANT
 
-    return len(mlf.search_runs([experiment_id], filter_string=f"tags.`{TAG_ROLE}` = '{ROLE_SEARCH}'", max_results=1000))
+    runs = mlf.search_runs([experiment_id], filter_string=f"tags.`{TAG_ROLE}` = '{ROLE_SEARCH}'", max_results=5000)
+    return [(r.data.tags.get(TAG_TASK, "?"), r.data.tags.get(TAG_VARIANT, "?")) for r in runs]
 
 
-def _check_record(sweep, tags: dict[str, str], searches: int) -> Path:
+def _check_record(sweep, tags: dict[str, str], searches: list[tuple[str, str]]) -> tuple[Path, list[str]]:
+    """The storage path to use and the variants an extension adds; or a ConfigError naming why
+    the study's record refuses this sweep (no resume, another budget, other variants or tasks)."""
     name = sweep.study.name
     recorded = json.loads(tags[TAG_STORAGE]) if TAG_STORAGE in tags else None
     if not searches:  # nothing ran yet (or a sweep that failed before its first search)
-        return sweep.storage_path
+        return sweep.storage_path, []
     where = f"Ray Tune state at {recorded['path']} on {recorded['host']}" if recorded else "no recorded Ray Tune state"
     if not sweep.resume:
         raise ConfigError(
-            f"study {name!r} already has a sweep in MLflow ({searches} search run(s), {where}); continue it "
-            "with resume=true, or start a new study with study.name=<new>"
+            f"study {name!r} already has a sweep in MLflow ({len(searches)} search run(s), {where}); continue it "
+            "with resume=true, add variants with study.extend=true, or start a new study with study.name=<new>"
         )
     if recorded is None:  # recorded by an older odyssey: nothing to compare against
-        return sweep.storage_path
-    old_budget = json.loads(tags.get(TAG_BUDGET, "{}"))
-    new_budget = json.loads(json.dumps(budget_of(sweep), sort_keys=True, default=str))
-    changed = sorted(_differences(old_budget, new_budget))
+        return sweep.storage_path, []
+    old = json.loads(tags.get(TAG_BUDGET, "{}"))
+    new = budget_of(sweep)
+    added = _check_variants_and_tasks(sweep, old, new, searches)
+    changed = record_differences(
+        {k: v for k, v in old.items() if k != "variants"}, {k: v for k, v in new.items() if k != "variants"}, only_recorded=True
+    )
     if changed:
-        shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+        verb = "extended" if sweep.study.extend else "resumed"
         raise ConfigError(
-            f"resume=true: study {name!r} was run with another budget ({shown}); trials of both would be "
-            "pooled in one analysis. Resume with the original settings, or start a new study with study.name=<new>"
+            f"resume=true: study {name!r} was run with another budget ({'; '.join(changed)}); trials of both "
+            f"would be pooled in one analysis, so it cannot be {verb} with these settings. Use the recorded "
+            "settings, or start a new study with study.name=<new>"
         )
     path = Path(recorded["path"])
     if path == sweep.storage_path:
-        return path
+        return path, added
     from ray import tune
 
     if any(tune.Tuner.can_restore(str(path / name / plan.key)) for plan in sweep.searches):
         print(f"resume: continuing the recorded sweep at {path} (not study.storage_path={sweep.storage_path})", flush=True)
-        return path
+        return path, added
+    if added and len(added) == len({p.variant for p in sweep.searches}):
+        return path, added  # only new searches: they start at the recorded path
     raise ConfigError(
         f"resume=true: study {name!r}'s Ray Tune state is recorded at {path} on host {recorded['host']}, which "
         f"this machine cannot see (study.storage_path here: {sweep.storage_path}); resume where that path is "
@@ -152,12 +190,66 @@ def _check_record(sweep, tags: dict[str, str], searches: int) -> Path:
     )
 
 
-def _differences(old: Any, new: Any, prefix: str = "") -> Iterator[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
-            yield from _differences(old.get(key), new.get(key), f"{prefix}{key}.")
-    elif old != new:
-        yield f"{prefix.rstrip('.')}: {old!r} recorded, {new!r} now"
+def _check_variants_and_tasks(sweep, old: dict, new: dict, searches: list[tuple[str, str]]) -> list[str]:
+    """The variants ``study.extend=true`` adds (``[]`` for a plain resume); refuses other tasks,
+    other variants without ``study.extend``, and a variant whose switches changed."""
+    name = sweep.study.name
+    old_tasks = sorted(old.get("protocol") or {t for t, _ in searches})
+    new_tasks = sorted(new["protocol"])
+    if old_tasks != new_tasks:
+        raise ConfigError(
+            f"resume=true: study {name!r} recorded the task(s) {old_tasks}, this sweep has {new_tasks}; a study's "
+            f"tasks are fixed (its variants are compared per task): use study.tasks={_listed(old_tasks)}, or start "
+            "a new study with study.name=<new> for another task"
+        )
+    old_variants = old.get("variants") or {v: None for _, v in searches}
+    new_variants = new["variants"]
+    changed = [
+        d for v in sorted(set(old_variants) & set(new_variants)) if old_variants[v] is not None
+        for d in record_differences(old_variants[v], new_variants[v], f"variant {v}: ")
+    ]  # fmt: skip
+    if changed:
+        raise ConfigError(
+            f"resume=true: study {name!r} recorded other switches for its variant(s) ({'; '.join(changed)}): its "
+            "trials trained other cells. Restore the variant file, or give the new variant a new name"
+        )
+    added = [v for v in new_variants if v not in old_variants]
+    missing = [v for v in old_variants if v not in new_variants]
+    if sweep.study.extend:
+        return added
+    if added or missing:
+        parts = ([f"not in the record: {added}"] if added else []) + ([f"recorded but not listed: {missing}"] if missing else [])
+        raise ConfigError(
+            f"resume=true: study {name!r} recorded the variants {_listed(old_variants)}; this sweep lists "
+            f"{_listed(new_variants)} ({'; '.join(parts)}). Resume with study.variants={_listed(old_variants)}, or "
+            "add variants to the finished study with study.extend=true (the recorded budget and tasks; the record says so)"
+        )
+    return []
+
+
+def _listed(names) -> str:
+    return "[" + ",".join(names) + "]"
+
+
+def _record_extension(mlf, experiment_id: str, tags: dict[str, str], sweep, added: list[str]) -> None:
+    """Add the extension's variants to the study's record, and the extension to its list."""
+    budget = json.loads(tags.get(TAG_BUDGET, "{}"))
+    budget.setdefault("variants", {}).update({v: s for v, s in budget_of(sweep)["variants"].items() if v in added})
+    extensions = json.loads(tags.get(TAG_EXTENSIONS, "[]"))
+    extensions.append({"variants": added, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "overrides": list(sweep.overrides)})
+    mlf.set_experiment_tag(experiment_id, TAG_BUDGET, json.dumps(budget, sort_keys=True))
+    mlf.set_experiment_tag(experiment_id, TAG_EXTENSIONS, json.dumps(extensions))
+    searches = ", ".join(f"{p.task}/{p.variant}" for p in sweep.searches if p.variant in added)
+    print(
+        f"study.extend: adding the search(es) {searches} to study {sweep.study.name!r} with its recorded budget and "
+        f"tasks (extension {len(extensions)}, recorded on the study and on the new searches' runs)",
+        flush=True,
+    )
+
+
+def extension_number(tags: dict[str, str]) -> int:
+    """How many extensions the study's experiment tags record (0: none)."""
+    return len(json.loads(tags.get(TAG_EXTENSIONS, "[]")))
 
 
 def read_lease(text: str | None) -> Lease | None:

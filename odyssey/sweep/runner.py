@@ -98,6 +98,22 @@ def run_sweep(sweep: SweepConfig) -> list[SearchOutcome]:
         return _run_claimed(dataclasses.replace(sweep, storage_path=storage), experiment_id)
 
 
+def _parent_tags(sweep: SweepConfig, plan: SearchPlan, extension: int) -> dict[str, str]:
+    """The tags a search's parent run is created with (a resumed search keeps its own)."""
+    import json
+
+    tags = {
+        **mlflow_runs.search_tags(
+            sweep.search.name, sweep.scheduler.name, sweep.study.num_samples, plan.primary_metric, plan.lower_is_better
+        ),
+        run_schema.TAG_OVERRIDES: " ".join(sweep.overrides)[:4000],
+        run_schema.TAG_SEARCH_BUDGET: json.dumps(identity.search_budget(sweep, plan), sort_keys=True),
+    }
+    if extension:
+        tags[run_schema.TAG_EXTENSION] = str(extension)
+    return tags
+
+
 def _run_claimed(sweep: SweepConfig, experiment_id: str) -> list[SearchOutcome]:
     """``run_sweep`` once this driver holds the study's lease."""
     import ray
@@ -145,6 +161,9 @@ def _run_searches(sweep: SweepConfig, experiment_id: str) -> list[SearchOutcome]
 
     _check_devices(sweep)
     plans = list(sweep.searches)
+    extension = 0
+    if sweep.study.extend:  # new parent runs carry the number of the extension that added them
+        extension = identity.extension_number(mlflow_runs.client(sweep.tracking_uri).get_experiment(experiment_id).tags)
     workers = min(sweep.study.max_concurrent_searches or len(plans), len(plans))
     _thread_safe_tune_registries()
     interrupts.reset()
@@ -152,7 +171,7 @@ def _run_searches(sweep: SweepConfig, experiment_id: str) -> list[SearchOutcome]
     watch = TrackingWatch(sweep.tracking_uri, sweep.outage_grace_s)
     with interrupts.handle_stop_signals(resume_command(sweep)), watch:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="odyssey-search") as pool:
-            futures = [pool.submit(_run_search, sweep, plan, experiment_id) for plan in plans]
+            futures = [pool.submit(_run_search, sweep, plan, experiment_id, extension) for plan in plans]
             try:
                 outcomes = [f.result() for f in futures]
             except BaseException:  # one search failed: end the others now, then report it
@@ -247,7 +266,7 @@ def _locked(fn):
     return wrapper
 
 
-def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> SearchOutcome:
+def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str, extension: int) -> SearchOutcome:
     from ray import tune
 
     from odyssey.sweep.callbacks import MlflowStatusCallback, ProgressCallback
@@ -278,12 +297,7 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str) -> Sea
         study=study.name,
         task=plan.task,
         variant=plan.variant,
-        tags={
-            **mlflow_runs.search_tags(
-                sweep.search.name, sweep.scheduler.name, study.num_samples, plan.primary_metric, plan.lower_is_better
-            ),
-            run_schema.TAG_OVERRIDES: " ".join(sweep.overrides)[:4000],
-        },
+        tags=_parent_tags(sweep, plan, extension),
         resume=sweep.resume,
     )
     guarded(f"record {plan.key}'s search space", mlflow_runs.record_search_space, sweep.tracking_uri, parent, sweep.space)

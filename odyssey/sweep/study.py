@@ -161,6 +161,9 @@ class StudyConfig:
     storage_path: str | None = None  # Ray Tune results + checkpoints; null: ./ray_results (made absolute)
     checkpoint_every: int = 1  # epochs between trial checkpoints (resume, retries)
     progress_interval_s: float = 10.0  # seconds between progress lines
+    # true: add the variants not yet in this finished (or running) study's record as new searches,
+    # with its recorded budget and tasks; the record says so (odyssey.sweep.identity)
+    extend: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self, "study")
@@ -273,6 +276,7 @@ def load_sweep(overrides: Sequence[str], *, cwd: Path | None = None) -> SweepCon
     resume = check_type("resume", cfg.get("resume", False), bool)
     seed = check_type("seed", cfg.get("seed", 0), int)
     study = _study(cfg)
+    resume = resume or study.extend  # an extension continues the recorded study
     search = typed(cfg.get("search"), SearchConfig, "search")
     scheduler = typed(cfg.get("scheduler"), SchedulerConfig, "scheduler")
     execution = typed(cfg.get("execution"), ExecutionConfig, "execution").resolved(study.resources_per_trial, study.num_samples)
@@ -330,7 +334,8 @@ def describe_sweep(sweep: SweepConfig) -> str:
     lines = [
         f"study {study.name!r}: {n} search(es) x {study.num_samples} trial(s) = {n * study.num_samples} trials, "
         f"up to {'/'.join(map(str, epochs))} epochs each",
-        f"  search {sweep.search.name}, scheduler {sweep.scheduler.name}, seed {sweep.seed}, resume={str(sweep.resume).lower()}",
+        f"  search {sweep.search.name}, scheduler {sweep.scheduler.name}, seed {sweep.seed}, resume={str(sweep.resume).lower()}"
+        + (", study.extend=true (adds the variants not yet recorded)" if study.extend else ""),
         f"  execution: {where}",
         f"  MLflow {sweep.tracking_uri}; Ray Tune state {sweep.storage_path / study.name}",
         "  searches:",

@@ -7,7 +7,7 @@ makes the task; ``TASKS`` maps the config ``name`` to that class.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from odyssey.tasks.base import Batch, Sequence, Task, collate
 
@@ -19,6 +19,14 @@ class TaskConfig:
     """Base of every task config; ``name`` selects the task."""
 
     name: str
+    # Keys that say where the data is or how loading looks, not what a trial computes or how it
+    # is scored: a resumed or extended study may change them (everything else is its record).
+    LOCATION_KEYS: ClassVar[tuple[str, ...]] = ("data_dir", "cache_dir", "progress")
+
+    def identity(self) -> dict[str, Any]:
+        """The keys that define the task's data and scoring (all but :attr:`LOCATION_KEYS`): what a
+        study records, and what two searches must share to be compared."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.LOCATION_KEYS}
 
     def build(self) -> Task:  # pragma: no cover - abstract
         raise NotImplementedError

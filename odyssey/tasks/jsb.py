@@ -95,6 +95,8 @@ class JSBConfig(TaskConfig):
     data_dir: str | None = None
     format: str = "pkl"
     verify_sha256: bool = True
+    # The three formats hold the same chorales; the checksum is a check, not a setting.
+    LOCATION_KEYS: ClassVar[tuple[str, ...]] = ("data_dir", "format", "verify_sha256")
 
     def __post_init__(self) -> None:
         check_choice("name", self.name, ("jsb",))

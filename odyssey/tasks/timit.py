@@ -303,6 +303,7 @@ class TIMITConfig(TaskConfig):
     expect_full_corpus: bool = True
     cache_dir: str | None = None
     progress: bool = True
+    LOCATION_KEYS: ClassVar[tuple[str, ...]] = ("data_dir", "expect_full_corpus", "cache_dir", "progress")
 
     def __post_init__(self) -> None:
         check_choice("name", self.name, ("timit",))
