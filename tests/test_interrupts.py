@@ -64,3 +64,57 @@ def test_request_stop_keeps_the_first_reason():
     finally:
         interrupts.reset()
     assert not interrupts.stop_requested()
+
+
+def _children(pid: int) -> list[str]:
+    """The command names of ``pid``'s descendants (from /proc)."""
+    import os
+
+    kids: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        names[int(entry)] = name
+        kids.setdefault(int(rest[1]), []).append(int(entry))
+    found, todo = [], list(kids.get(pid, []))
+    while todo:
+        p = todo.pop()
+        found.append(names.get(p, "?"))
+        todo += kids.get(p, [])
+    return found
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_ray_starts_ends_the_sweep_with_its_code_and_the_resume_line(tmp_path, sig, code):
+    """Measured before #20: SIGINT while the local Ray runtime started was lost (the study ran to
+    exit 0), and SIGTERM exited 15 with no word. The signal is sent once the driver has started
+    Ray's GCS server (ray.init is running) and before any trial ran."""
+    overrides = [
+        "study.name=sig-start", "study.tasks=[adding]", "study.variants=[vanilla]", "study.num_samples=1",
+        "search_space=tiny", "task.length=10", "task.num_train=8", "task.num_valid=4", "task.num_test=4",
+        "train.max_epochs=1", f"study.storage_path={tmp_path / 'ray'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "execution=single",
+    ]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "odyssey.sweep.cli", *overrides], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    deadline = time.monotonic() + 180
+    while "gcs_server" not in _children(proc.pid):
+        assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before Ray started"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=180)
+    name = signal.Signals(sig).name
+    assert proc.returncode == code, err[-3000:]
+    assert f"{name} received" in err and "Resume with: odyssey sweep study.name=sig-start" in err, err[-3000:]
+    assert "1/1 done" not in out  # no trial ran
+    assert not any(n in ("gcs_server", "raylet") for n in _children(proc.pid))

@@ -48,17 +48,26 @@ def sweep_main(argv: Sequence[str]) -> int:
     if show:
         print_composed("sweep", overrides)
         return 0
-    from odyssey.sweep.study import describe_sweep, load_sweep
+    from odyssey.sweep import interrupts
 
-    print(_which_odyssey(), file=sys.stderr, flush=True)
-    sweep = load_sweep(overrides)
-    if dry_run:  # the whole study checked and shown; Ray is not even imported
-        print(describe_sweep(sweep))
-        return 0
-    _loopback_if_local(overrides)
-    from odyssey.sweep.runner import run_sweep
+    hint = interrupts.resume_command_for(overrides)
+    interrupts.reset()
+    # From the first line printed to the last, SIGINT ends the command with 130 and SIGTERM with
+    # 143, saying how to resume: also while the study is checked, claimed or Ray starts.
+    with interrupts.handle_stop_signals(hint):
+        print(_which_odyssey(), file=sys.stderr, flush=True)
+        from odyssey.sweep.study import describe_sweep, load_sweep
 
-    run_sweep(sweep)
+        sweep = load_sweep(overrides)
+        interrupts.raise_if_stopped(sweep.study.name, hint)
+        if dry_run:  # the whole study checked and shown; Ray is not even imported
+            print(describe_sweep(sweep))
+            return 0
+        _loopback_if_local(overrides)
+        from odyssey.sweep.runner import run_sweep
+
+        run_sweep(sweep)
+        interrupts.raise_if_stopped(sweep.study.name, hint)
     return 0
 
 

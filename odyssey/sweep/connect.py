@@ -39,10 +39,13 @@ def connect(address: str | None, *, runtime_env: dict | None = None) -> bool:
     target = None if local else (address or os.environ.get("RAY_ADDRESS"))
     if target is not None:
         _check_token(target)
+    from odyssey.sweep.interrupts import keep_handlers_through_ray_init
+
     extra = {"_node_ip_address": "127.0.0.1"} if local else {}
     try:
         # Trials' own output stays in the Ray logs; the driver prints the progress view only.
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, **extra)
+        with keep_handlers_through_ray_init():  # Ctrl-C and SIGTERM still stop the sweep cleanly
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, **extra)
     except Exception as exc:
         if target is not None and _is_auth_failure(exc):
             raise ServiceError(token_error(target)) from None

@@ -12,7 +12,11 @@ an outage of the tracking server all end the *whole* sweep the same way.
    picks up from whatever was saved.
 
 Searches run in worker threads; only the main thread handles signals (Python's rule), so the
-handlers are installed by :func:`handle_stop_signals` around the driver's main loop.
+handlers are installed by :func:`handle_stop_signals`: ``odyssey sweep`` installs them before its
+first line (a signal while the config is checked, the study claimed or Ray started ends the
+command with the same exit code and resume line, at the next :func:`raise_if_stopped`), and
+:func:`keep_handlers_through_ray_init` stops ``ray.init`` from replacing them (Ray 2.60 sets a
+SIGTERM handler that exits 15, or 1 for a local head node, with no word).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from odyssey.errors import OdysseyError
 
@@ -30,7 +34,11 @@ __all__ = [
     "SweepFailed",
     "SweepInterrupted",
     "handle_stop_signals",
+    "handling_signals",
     "install_tune_hook",
+    "keep_handlers_through_ray_init",
+    "raise_if_stopped",
+    "resume_command_for",
     "request_stop",
     "stop_reason",
     "stop_requested",
@@ -38,6 +46,7 @@ __all__ = [
 
 _STOP = threading.Event()
 _REASON: list[tuple[str, int]] = []  # (why, exit code) of the first stop request
+_HANDLING: list[str] = []  # the resume hints of the handle_stop_signals blocks now running
 
 
 class SweepInterrupted(OdysseyError):
@@ -76,6 +85,54 @@ def reset() -> None:
     """Forget a previous stop (a new sweep in the same process, e.g. the tests)."""
     _STOP.clear()
     _REASON.clear()
+
+
+def resume_command_for(overrides: Sequence[str]) -> str:
+    """The command that continues the sweep of ``overrides`` (the same ones, plus ``resume=true``)."""
+    import shlex
+
+    kept = [o for o in overrides if not o.startswith(("resume=", "+resume="))]
+    command = "odyssey submit" if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") else "odyssey sweep"
+    return " ".join([command, *map(shlex.quote, kept), "resume=true"])
+
+
+def handling_signals() -> bool:
+    """Whether a :func:`handle_stop_signals` block is running (its stop requests are this sweep's)."""
+    return bool(_HANDLING)
+
+
+def raise_if_stopped(study: str, resume_hint: str) -> None:
+    """End a sweep that was asked to stop before its searches started: :class:`SweepInterrupted`
+    with the signal's exit code (130, 143) and the resume line."""
+    reason = stop_reason()
+    if reason is not None:
+        why, code = reason
+        raise SweepInterrupted(f"study {study!r} interrupted ({why}) before its searches started. Resume with: {resume_hint}", exit_code=code)
+
+
+@contextlib.contextmanager
+def keep_handlers_through_ray_init() -> Iterator[None]:
+    """Around ``ray.init``: Ray 2.60 sets its own SIGTERM handler there (``sys.exit(15)`` in the
+    driver, or, where the driver starts a local head node, kill the node's processes and exit 1),
+    which would end the sweep with no word and no resume line. While :func:`handle_stop_signals`
+    runs, Ray's setter does nothing and ours are put back afterwards. SIGINT needs nothing: Ray
+    defers it to the handler it found (ours) until its critical section ends."""
+    if not _HANDLING or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    import ray._private.utils as ray_utils
+
+    ours = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    setter = getattr(ray_utils, "set_sigterm_handler", None)  # absent in another Ray: ours come back after
+    if setter is not None:
+        ray_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        if setter is not None:
+            ray_utils.set_sigterm_handler = setter
+        for s, handler in ours.items():
+            signal.signal(s, handler)
 
 
 def install_tune_hook() -> None:
@@ -118,8 +175,10 @@ def handle_stop_signals(resume_hint: str) -> Iterator[None]:
         os._exit(128 + signum)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    _HANDLING.append(resume_hint)
     try:
         yield
     finally:
+        _HANDLING.pop()
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -42,7 +42,7 @@ from odyssey.tracking import (
     where_to_look,
 )
 
-__all__ = ["SearchOutcome", "check_ray_address", "run_sweep"]
+__all__ = ["SearchOutcome", "check_ray_address", "resume_command", "run_sweep"]
 
 # Tune snapshots the experiment state at most this often (seconds): a killed driver loses at most
 # this much bookkeeping (trials themselves resume from their own checkpoints).
@@ -89,10 +89,13 @@ def check_ray_address(address: str | None, *, timeout: float = 3.0) -> None:
 
 def run_sweep(sweep: SweepConfig) -> list[SearchOutcome]:
     """Run every search of ``sweep`` (see the module docstring)."""
+    if not interrupts.handling_signals():  # else `odyssey sweep` handles them since its first line
+        interrupts.reset()
     use_short_http_retries()  # outages: the driver retries itself (odyssey.sweep.outage)
     quiet_mlflow_urls()
     run_schema.check_store(sweep.tracking_uri)  # a server must answer; a local store's folder is made
     check_ray_address(sweep.ray_address)
+    interrupts.raise_if_stopped(sweep.study.name, resume_command(sweep))
     experiment_id = mlflow_runs.ensure_experiment(sweep.tracking_uri, sweep.study.name)
     with identity.claim(sweep, sweep.tracking_uri, experiment_id) as storage:  # one study, one sweep
         return _run_claimed(dataclasses.replace(sweep, storage_path=storage), experiment_id)
@@ -137,6 +140,7 @@ def _run_claimed(sweep: SweepConfig, experiment_id: str) -> list[SearchOutcome]:
 
     started = connect(sweep.ray_address, runtime_env=_runtime_env())
     try:
+        interrupts.raise_if_stopped(sweep.study.name, resume_command(sweep))  # a signal while Ray started
         print(
             f"study {sweep.study.name!r}: {len(sweep.searches)} search(es) x {sweep.study.num_samples} trial(s); "
             f"MLflow {sweep.tracking_uri} (experiment {sweep.study.name!r}); Ray results {sweep.storage_path}\n"
@@ -166,7 +170,6 @@ def _run_searches(sweep: SweepConfig, experiment_id: str) -> list[SearchOutcome]
         extension = identity.extension_number(mlflow_runs.client(sweep.tracking_uri).get_experiment(experiment_id).tags)
     workers = min(sweep.study.max_concurrent_searches or len(plans), len(plans))
     _thread_safe_tune_registries()
-    interrupts.reset()
     interrupts.install_tune_hook()
     watch = TrackingWatch(sweep.tracking_uri, sweep.outage_grace_s)
     with interrupts.handle_stop_signals(resume_command(sweep)), watch:
@@ -229,11 +232,7 @@ def _fail_if_every_trial_failed(sweep: SweepConfig, outcomes: list[SearchOutcome
 
 def resume_command(sweep: SweepConfig) -> str:
     """The command that continues this sweep (the same overrides, plus ``resume=true``)."""
-    import shlex
-
-    kept = [o for o in sweep.overrides if not o.startswith(("resume=", "+resume="))]
-    command = "odyssey submit" if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") else "odyssey sweep"
-    return " ".join([command, *map(shlex.quote, kept), "resume=true"])
+    return interrupts.resume_command_for(sweep.overrides)
 
 
 def _thread_safe_tune_registries() -> None:
