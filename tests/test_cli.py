@@ -72,3 +72,44 @@ def test_dry_run_shows_the_study_and_starts_no_ray(tmp_path):
     assert "jsb/cifg (val/nll, min)" in text and "train.lr ~ loguniform[1e-06, 0.01]" in text
     assert "RAY_IMPORTED False" in text
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["ray.address=foo"], r"ray.address='foo' is invalid: expected HOST:PORT, ray://HOST:PORT, auto or null"),
+        (["train.device=cuda"], r"train.device='cuda' is invalid: CUDA is not available on this machine \(the sweep starts a local Ray runtime\)"),
+        (["train.device=cuda", "ray.address=127.0.0.1:1"], r"the trials reserve no GPU \(execution.gpu=0\)"),
+    ],
+)
+def test_dry_run_refuses_what_the_real_run_refuses(tmp_path, extra, words):
+    """#20: every check that needs no running cluster runs in --dry-run too (measured: ray.address=foo
+    and train.device=cuda passed --dry-run; the real run refused them)."""
+    import torch
+
+    from odyssey.sweep.cli import sweep_main
+
+    if torch.cuda.is_available() and "ray.address=foo" not in extra:
+        pytest.skip("checks a machine without CUDA")
+    from odyssey.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=words):
+        sweep_main(["experiment=quickstart", f"study.storage_path={tmp_path}", *extra, "--dry-run"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_dry_run_needs_no_data_and_warns_where_the_real_run_refuses(tmp_path, capsys):
+    from odyssey.errors import DataError
+    from odyssey.sweep.cli import sweep_main
+
+    missing = tmp_path / "no_jsb_here"
+    overrides = ["experiment=odyssey_jsb", f"task.data_dir={missing}", f"study.storage_path={tmp_path / 'r'}",
+                 f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]  # fmt: skip
+    assert sweep_main([*overrides, "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert "study 'odyssey_jsb': 9 search(es) x 200 trial(s)" in out and "jsb/cifg (metric known once its data is found)" in out
+    (warning,) = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert "task jsb: its data cannot be read, so the real run will refuse it" in warning and str(missing) in warning
+    with pytest.raises(DataError, match=str(missing)):
+        sweep_main(overrides)
+    assert not (tmp_path / "mlflow.db").exists()  # refused before any record

@@ -678,9 +678,13 @@ def test_cuda_on_a_cluster_without_gpus_fails_before_any_trial(tmp_path, mlflow_
     overrides = [*tiny(tmp_path, name, variants=("vanilla",), samples=1, epochs=1), "train.device=cuda",
                  f"tracking.uri={mlflow_server}", f"ray.address={ray_cluster.address}"]  # fmt: skip
     with pytest.raises(ConfigError, match=r"train.device='cuda' is invalid: CUDA is not available on the Ray cluster; valid here: auto, cpu"):
+        sweep_main([*overrides, "+resources=gpu"])  # trials that ask for a GPU the cluster does not have
+    with pytest.raises(ConfigError, match=r"train.device='cuda' is invalid: the trials reserve no GPU"):
         sweep_main(overrides)
-    _, parents, trials = study_runs(mlflow_server, name)
-    assert parents == [] and trials == []
+    from mlflow import MlflowClient
+
+    # refused before the study's first record (#20: an empty experiment with study tags was left)
+    assert MlflowClient(mlflow_server).get_experiment_by_name(name) is None
 
 
 @pytest.mark.slow

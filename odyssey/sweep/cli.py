@@ -58,10 +58,15 @@ def sweep_main(argv: Sequence[str]) -> int:
         print(_which_odyssey(), file=sys.stderr, flush=True)
         from odyssey.sweep.study import describe_sweep, load_sweep
 
-        sweep = load_sweep(overrides)
+        sweep = load_sweep(overrides, need_data=not dry_run)
         interrupts.raise_if_stopped(sweep.study.name, hint)
-        if dry_run:  # the whole study checked and shown; Ray is not even imported
+        if dry_run:  # every check that needs no cluster and no tracking server, and the plan
+            from odyssey.sweep.runner import check_sweep_locally
+
+            check_sweep_locally(sweep)
             print(describe_sweep(sweep))
+            for warning in sweep.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
             return 0
         _loopback_if_local(overrides)
         from odyssey.sweep.runner import run_sweep

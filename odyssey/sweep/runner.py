@@ -68,92 +68,114 @@ class SearchOutcome:
     first_error: str | None = None  # odyssey.error of a failed trial, if any
 
 
-def check_ray_address(address: str | None, *, timeout: float = 3.0) -> None:
-    """A configured cluster address (or ``$RAY_ADDRESS``) must accept a TCP connection."""
+def ray_address_parts(address: str | None) -> tuple[str, int] | None:
+    """``(host, port)`` of a configured cluster address (``ray.address`` or ``$RAY_ADDRESS``);
+    ``None`` for a local runtime (null, ``auto``, ``local``). A malformed one is a ConfigError."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address in (None, "auto", "local"):
-        return
-    parsed = urlparse(address if "://" in address else f"ray://{address}")
-    host, port = parsed.hostname, parsed.port
+        return None
+    try:
+        parsed = urlparse(address if "://" in address else f"ray://{address}")
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        host, port = None, None
     if not host or not port:
         raise ConfigError(f"ray.address={address!r} is invalid: expected HOST:PORT, ray://HOST:PORT, auto or null")
+    return host, port
+
+
+def check_ray_address(address: str | None, *, timeout: float = 3.0) -> None:
+    """A configured cluster address (or ``$RAY_ADDRESS``) must accept a TCP connection."""
+    parts = ray_address_parts(address)
+    if parts is None:
+        return
     try:
-        with socket.create_connection((host, port), timeout=timeout):
+        with socket.create_connection(parts, timeout=timeout):
             return
     except OSError as exc:
+        shown = address or os.environ.get("RAY_ADDRESS")
         raise ServiceError(
-            f"Ray cluster at {address} is not reachable ({exc.strerror or exc}); start it (`ray start --head`) "
+            f"Ray cluster at {shown} is not reachable ({exc.strerror or exc}); start it (`ray start --head`) "
             "or fix ray.address / RAY_ADDRESS"
         ) from None
 
 
 def run_sweep(sweep: SweepConfig) -> list[SearchOutcome]:
     """Run every search of ``sweep`` (see the module docstring)."""
+    import ray
+
     if not interrupts.handling_signals():  # else `odyssey sweep` handles them since its first line
         interrupts.reset()
     use_short_http_retries()  # outages: the driver retries itself (odyssey.sweep.outage)
     quiet_mlflow_urls()
+    check_sweep_locally(sweep)
     run_schema.check_store(sweep.tracking_uri)  # a server must answer; a local store's folder is made
     check_ray_address(sweep.ray_address)
     interrupts.raise_if_stopped(sweep.study.name, resume_command(sweep))
-    experiment_id = mlflow_runs.ensure_experiment(sweep.tracking_uri, sweep.study.name)
-    with identity.claim(sweep, sweep.tracking_uri, experiment_id) as storage:  # one study, one sweep
-        return _run_claimed(dataclasses.replace(sweep, storage_path=storage), experiment_id)
-
-
-def _parent_tags(sweep: SweepConfig, plan: SearchPlan, extension: int) -> dict[str, str]:
-    """The tags a search's parent run is created with (a resumed search keeps its own)."""
-    import json
-
-    tags = {
-        **mlflow_runs.search_tags(
-            sweep.search.name, sweep.scheduler.name, sweep.study.num_samples, plan.primary_metric, plan.lower_is_better
-        ),
-        run_schema.TAG_OVERRIDES: " ".join(sweep.overrides)[:4000],
-        run_schema.TAG_SEARCH_BUDGET: json.dumps(identity.search_budget(sweep, plan), sort_keys=True),
-    }
-    if extension:
-        tags[run_schema.TAG_EXTENSION] = str(extension)
-    return tags
-
-
-def _run_claimed(sweep: SweepConfig, experiment_id: str) -> list[SearchOutcome]:
-    """``run_sweep`` once this driver holds the study's lease."""
-    import ray
-
-    _check_fresh(sweep)
-
-    # Inside a Ray job (Ray 2.60) the job's working_dir copy, which is the driver's cwd and
-    # sys.path[0], can be deleted and unpacked again while the job runs (when trial workers using
-    # the same package come and go): imports and os.getcwd() then fail. So import everything the
-    # driver needs now, and leave that directory (all our paths are absolute already).
-    import odyssey.model  # noqa: F401  (params counts of failed trials, in the callbacks)
-    import odyssey.sweep.callbacks  # noqa: F401
-    import odyssey.sweep.trainable  # noqa: F401
-    import odyssey.sweep.pack_executor  # noqa: F401
-
-    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
-        sweep.storage_path.mkdir(parents=True, exist_ok=True)
-        os.chdir(sweep.storage_path)
-
+    _import_driver_modules()
     from odyssey.sweep.connect import connect  # a refused token: one ServiceError line
 
     started = connect(sweep.ray_address, runtime_env=_runtime_env())
     try:
         interrupts.raise_if_stopped(sweep.study.name, resume_command(sweep))  # a signal while Ray started
-        print(
-            f"study {sweep.study.name!r}: {len(sweep.searches)} search(es) x {sweep.study.num_samples} trial(s); "
-            f"MLflow {sweep.tracking_uri} (experiment {sweep.study.name!r}); Ray results {sweep.storage_path}\n"
-            f"{where_to_look(sweep.tracking_uri, experiment_id)}",
-            flush=True,
-        )
-        try:
-            return _run_searches(sweep, experiment_id)
-        finally:
-            print(where_to_look(sweep.tracking_uri, experiment_id), flush=True)
+        _check_devices(sweep)  # every check before the study's first record in MLflow
+        experiment_id = mlflow_runs.ensure_experiment(sweep.tracking_uri, sweep.study.name)
+        with identity.claim(sweep, sweep.tracking_uri, experiment_id) as storage:  # one study, one sweep
+            return _run_claimed(dataclasses.replace(sweep, storage_path=storage), experiment_id)
     finally:
         if started:
             ray.shutdown()
+
+
+def check_sweep_locally(sweep: SweepConfig) -> None:
+    """The checks that need no running cluster and no tracking server (``odyssey sweep --dry-run``
+    runs them too): Ray Tune state that a run without ``resume=true`` would run a second time, and
+    a ``train.device`` the trials cannot get where that is known without the cluster (trials that
+    reserve no GPU; a local runtime on a machine without CUDA), and the cluster address's form."""
+    ray_address_parts(sweep.ray_address)
+    _check_fresh(sweep)
+    _check_devices(sweep, cluster_gpus=_local_cuda_devices() if _runs_locally(sweep) else None)
+
+
+def _runs_locally(sweep: SweepConfig) -> bool:
+    """Whether the sweep starts a Ray runtime on this machine (no cluster address anywhere)."""
+    return sweep.ray_address in (None, "local") and not os.environ.get("RAY_ADDRESS") and not os.environ.get(
+        "RAY_JOB_CONFIG_JSON_ENV_VAR"
+    )
+
+
+def _local_cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _import_driver_modules() -> None:
+    """Inside a Ray job (Ray 2.60) the job's working_dir copy, which is the driver's cwd and
+    sys.path[0], can be deleted and unpacked again while the job runs (when trial workers using
+    the same package come and go): imports and os.getcwd() then fail. So import everything the
+    driver needs now, and leave that directory (all our paths are absolute already)."""
+    import odyssey.model  # noqa: F401  (params counts of failed trials, in the callbacks)
+    import odyssey.sweep.callbacks  # noqa: F401
+    import odyssey.sweep.pack_executor  # noqa: F401
+    import odyssey.sweep.trainable  # noqa: F401
+
+
+def _run_claimed(sweep: SweepConfig, experiment_id: str) -> list[SearchOutcome]:
+    """``run_sweep`` once this driver holds the study's lease."""
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        sweep.storage_path.mkdir(parents=True, exist_ok=True)
+        os.chdir(sweep.storage_path)
+    print(
+        f"study {sweep.study.name!r}: {len(sweep.searches)} search(es) x {sweep.study.num_samples} trial(s); "
+        f"MLflow {sweep.tracking_uri} (experiment {sweep.study.name!r}); Ray results {sweep.storage_path}\n"
+        f"{where_to_look(sweep.tracking_uri, experiment_id)}",
+        flush=True,
+    )
+    try:
+        return _run_searches(sweep, experiment_id)
+    finally:
+        print(where_to_look(sweep.tracking_uri, experiment_id), flush=True)
 
 
 def _run_searches(sweep: SweepConfig, experiment_id: str) -> list[SearchOutcome]:
@@ -163,7 +185,6 @@ def _run_searches(sweep: SweepConfig, experiment_id: str) -> list[SearchOutcome]
     signals, which end every search (:mod:`odyssey.sweep.interrupts`)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    _check_devices(sweep)
     plans = list(sweep.searches)
     extension = 0
     if sweep.study.extend:  # new parent runs carry the number of the extension that added them
@@ -192,29 +213,33 @@ def _run_searches(sweep: SweepConfig, experiment_id: str) -> list[SearchOutcome]
     return outcomes
 
 
-def _check_devices(sweep: SweepConfig) -> None:
+def _check_devices(sweep: SweepConfig, cluster_gpus: int | None = -1) -> None:
     """A ``train.device`` the trials cannot get fails now, not in every trial: CUDA on a cluster
-    without GPUs, or on trials that reserve none (Ray then hides the GPUs from them)."""
+    without GPUs, or on trials that reserve none (Ray then hides the GPUs from them).
+    ``cluster_gpus``: the cluster's GPUs; ``-1``: ask the connected cluster; ``None``: unknown
+    here (a remote cluster, checked again once connected)."""
     import math
-
-    import ray
 
     from odyssey.config import check_device_available
 
-    cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
     packed = sweep.execution.mode == "pack"
     per_trial = sweep.execution.gpu if packed else sweep.study.resources_per_trial.gpu
     for device in sorted({plan.base.train.device for plan in sweep.searches}):
         if not device.startswith("cuda"):
             continue
+        if cluster_gpus == -1:
+            import ray
+
+            cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
         if cluster_gpus == 0:
-            check_device_available(device, cuda_devices=0, where="the Ray cluster")
+            where = "this machine (the sweep starts a local Ray runtime)" if _runs_locally(sweep) else "the Ray cluster"
+            check_device_available(device, cuda_devices=0, where=where)
         if not per_trial:
             key = "execution.gpu" if packed else "study.resources_per_trial.gpu"
+            gpus = f"the cluster's {cluster_gpus} GPU(s)" if cluster_gpus else "the cluster's GPUs"
             raise ConfigError(
-                f"train.device={device!r} is invalid: the trials reserve no GPU ({key}=0), so Ray hides the "
-                f"cluster's {cluster_gpus} GPU(s) from them; reserve one (+resources=gpu or +resources=gpu_quarter) "
-                "or use train.device=auto"
+                f"train.device={device!r} is invalid: the trials reserve no GPU ({key}=0), so Ray hides "
+                f"{gpus} from them; reserve one (+resources=gpu or +resources=gpu_quarter) or use train.device=auto"
             )
         check_device_available(device, cuda_devices=max(1, math.ceil(per_trial)), where="each trial")
 
@@ -403,9 +428,12 @@ def _check_fresh(sweep: SweepConfig) -> None:
     """Without ``resume=true``, a search whose Tune state exists would be run a second time."""
     if sweep.resume:
         return
+    folders = [_search_path(sweep, p) for p in sweep.searches if _search_path(sweep, p).is_dir()]
+    if not folders:  # nothing there (Ray is not imported: --dry-run runs this too)
+        return
     from ray import tune
 
-    existing = [str(_search_path(sweep, p)) for p in sweep.searches if tune.Tuner.can_restore(str(_search_path(sweep, p)))]
+    existing = [str(f) for f in folders if tune.Tuner.can_restore(str(f))]
     if existing:
         raise ConfigError(
             f"study {sweep.study.name!r} already has Ray Tune state at {existing[0]}"

@@ -205,7 +205,7 @@ class SearchPlan:
     task: str
     variant: str
     base: TrialConfig  # the composed trial config; sampled hyperparameters are applied to it
-    primary_metric: str
+    primary_metric: str | None  # None only in a plan checked without the data (--dry-run)
     lower_is_better: bool
 
     @property
@@ -241,6 +241,7 @@ class SweepConfig:
     seed: int
     resume: bool
     overrides: tuple[str, ...]  # the user's Hydra overrides (recorded on the parent runs)
+    warnings: tuple[str, ...] = ()  # what a plan checked without the data could not check
 
 
 def check_no_variant_overrides(overrides: Sequence[str]) -> None:
@@ -267,8 +268,10 @@ def check_no_variant_overrides(overrides: Sequence[str]) -> None:
     )
 
 
-def load_sweep(overrides: Sequence[str], *, cwd: Path | None = None) -> SweepConfig:
-    """Compose ``conf/sweep.yaml`` with ``overrides`` and check the whole study (see module doc)."""
+def load_sweep(overrides: Sequence[str], *, cwd: Path | None = None, need_data: bool = True) -> SweepConfig:
+    """Compose ``conf/sweep.yaml`` with ``overrides`` and check the whole study (see module doc).
+    ``need_data=False`` (``--dry-run``): a task whose data cannot be read is a warning of the
+    plan, not an error (its metric is then unknown)."""
     overrides = list(overrides)
     cwd = (cwd or Path.cwd()).resolve()
     cfg = compose("sweep", overrides)
@@ -284,7 +287,8 @@ def load_sweep(overrides: Sequence[str], *, cwd: Path | None = None) -> SweepCon
     _check_names("task", study.tasks)
     _check_names("variant", study.variants)
 
-    task_meta: dict[str, tuple[str, bool]] = {}
+    task_meta: dict[str, tuple[str | None, bool]] = {}
+    warnings: list[str] = []
     searches = []
     for task in study.tasks:
         for variant in study.variants:
@@ -294,7 +298,13 @@ def load_sweep(overrides: Sequence[str], *, cwd: Path | None = None) -> SweepCon
             base = base.replace(variant=dataclasses.replace(base.variant, name=variant))
             _check_space_against(space, base, task, variant)
             if task not in task_meta:
-                task_meta[task] = _task_meta(base)
+                try:
+                    task_meta[task] = _task_meta(base)
+                except (ConfigError, OdysseyError) as exc:
+                    if need_data:
+                        raise
+                    warnings.append(f"task {task}: its data cannot be read, so the real run will refuse it: {exc}")
+                    task_meta[task] = (None, True)
             metric, lower = task_meta[task]
             searches.append(SearchPlan(task, variant, base, metric, lower))
 
@@ -318,6 +328,7 @@ def load_sweep(overrides: Sequence[str], *, cwd: Path | None = None) -> SweepCon
         seed=seed,
         resume=resume,
         overrides=tuple(overrides),
+        warnings=tuple(warnings),
     )
 
 
@@ -339,7 +350,8 @@ def describe_sweep(sweep: SweepConfig) -> str:
         f"  execution: {where}",
         f"  MLflow {sweep.tracking_uri}; Ray Tune state {sweep.storage_path / study.name}",
         "  searches:",
-        *[f"    {p.task}/{p.variant} ({p.metric}, {p.mode})" for p in sweep.searches],
+        *[f"    {p.task}/{p.variant} ({p.metric}, {p.mode})" if p.primary_metric else f"    {p.task}/{p.variant} (metric known once its data is found)"
+          for p in sweep.searches],
         "  search space:",
         *[f"    {part}" for part in sweep.space.describe().split("; ")],
     ]
