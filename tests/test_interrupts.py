@@ -4,7 +4,9 @@ interrupted, exit 130/143, resume) is tested end to end in test_sweep.py."""
 
 from __future__ import annotations
 
+import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -105,8 +107,11 @@ def test_a_signal_while_ray_starts_ends_the_sweep_with_its_code_and_the_resume_l
         "train.max_epochs=1", f"study.storage_path={tmp_path / 'ray'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
         "execution=single",
     ]  # fmt: skip
+    # a fresh $HOME and Ray's own default auth mode: its token file must come out private (#20)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env.update(PYTHONPATH=str(ROOT), HOME=str(tmp_path / "home"))
     proc = subprocess.Popen([sys.executable, "-m", "odyssey.sweep.cli", *overrides], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
     deadline = time.monotonic() + 180
     while "gcs_server" not in _children(proc.pid):
         assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before Ray started"
@@ -118,3 +123,24 @@ def test_a_signal_while_ray_starts_ends_the_sweep_with_its_code_and_the_resume_l
     assert f"{name} received" in err and "Resume with: odyssey sweep study.name=sig-start" in err, err[-3000:]
     assert "1/1 done" not in out  # no trial ran
     assert not any(n in ("gcs_server", "raylet") for n in _children(proc.pid))
+    token = tmp_path / "home" / ".ray" / "auth_token"
+    assert len(token.read_text()) == 64 and stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700 and "readable by others" not in err
+
+
+def test_a_token_file_readable_by_others_gets_one_warning(tmp_path, monkeypatch, capsys):
+    from odyssey.sweep.connect import secure_token_file
+
+    token = tmp_path / "token"
+    token.write_text("x" * 64)
+    token.chmod(0o644)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    assert secure_token_file() == token and secure_token_file() == token
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and f"the Ray token file {token} is readable by others (mode 0644)" in err
+    assert f"chmod 600 {token}" in err
+    token.chmod(0o600)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))
+    assert secure_token_file() == token and "warning" not in capsys.readouterr().err

@@ -14,10 +14,11 @@ every node and every driver, and give them all the head's token.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from odyssey.errors import ServiceError
 
-__all__ = ["auth_headers", "connect", "token_error"]
+__all__ = ["auth_headers", "connect", "secure_token_file", "token_error"]
 
 _SHARE = (
     "use the head's token (`ray get-auth-token` on the head prints it) as RAY_AUTH_TOKEN, "
@@ -37,6 +38,7 @@ def connect(address: str | None, *, runtime_env: dict | None = None) -> bool:
         return False
     local = address in (None, "local") and not os.environ.get("RAY_ADDRESS")
     target = None if local else (address or os.environ.get("RAY_ADDRESS"))
+    secure_token_file(create=local)
     if target is not None:
         _check_token(target)
     from odyssey.sweep.interrupts import keep_handlers_through_ray_init
@@ -51,6 +53,49 @@ def connect(address: str | None, *, runtime_env: dict | None = None) -> bool:
             raise ServiceError(token_error(target)) from None
         raise
     return True
+
+
+def secure_token_file(*, create: bool = False) -> Path | None:
+    """Keep the Ray token file private: it opens every job server that trusts it.
+
+    ``create``: for a local runtime that Ray would give a new token (Ray 2.60 turns token mode on
+    for a new local cluster and writes ``~/.ray/auth_token`` with the default umask, 0644 in a
+    0755 folder), write it first ourselves, 0600 in a 0700 folder (Ray then uses it). A token
+    file that exists with group or other permissions gets one warning naming it and the
+    ``chmod`` that fixes it. Returns the token file in use, if any."""
+    import secrets
+    import stat
+    import sys
+
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return None
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+    if create and not path.exists() and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        folder = path.parent
+        if not folder.exists():
+            folder.mkdir(mode=0o700, parents=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another driver wrote it meanwhile
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))  # Ray's own token format: 256 random bits, hex
+    if not path.is_file():
+        return None
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077 and str(path) not in _WARNED:
+        _WARNED.add(str(path))
+        print(
+            f"warning: the Ray token file {path} is readable by others (mode {mode:04o}); anyone who reads it can "
+            f"run code on the cluster: chmod 600 {path}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return path
+
+
+_WARNED: set[str] = set()
 
 
 def token_error(address: str) -> str:

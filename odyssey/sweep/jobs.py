@@ -255,6 +255,10 @@ def job_server(address: str | None) -> str:
 def _client(address: str | None):
     from ray.job_submission import JobSubmissionClient
 
+    from odyssey.sweep.connect import secure_token_file
+
+    secure_token_file()  # a token readable by others gets one warning
+
     return JobSubmissionClient(job_server(address))
 
 
