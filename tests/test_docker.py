@@ -32,6 +32,15 @@ BIND = "${ODYSSEY_BIND:-127.0.0.1}"
 DUMMY = "dummy-password-for-tests"
 
 
+@pytest.fixture(scope="module")
+def secret_files(tmp_path_factory) -> dict[str, str]:
+    """The two secret files the stack reads (their paths, as the user exports them)."""
+    folder = tmp_path_factory.mktemp("secrets")
+    (folder / "postgres_password").write_text(DUMMY)
+    (folder / "ray_token").write_text("0" * 64)
+    return {"POSTGRES_PASSWORD_FILE": str(folder / "postgres_password"), "RAY_TOKEN_FILE": str(folder / "ray_token")}
+
+
 def compose_raw() -> dict:
     """The compose file as YAML (anchors and ``<<`` merges resolved, ``${...}`` left as written)."""
     return yaml.safe_load(COMPOSE.read_text())
@@ -106,8 +115,8 @@ def compose_config(*args: str, env: dict[str, str] | None = None) -> subprocess.
     )  # fmt: skip
 
 
-def test_compose_config_with_compose_client():
-    r = compose_config("--profile", "*", env={"POSTGRES_PASSWORD": DUMMY})
+def test_compose_config_with_compose_client(secret_files):
+    r = compose_config("--profile", "*", env=secret_files)
     assert r.returncode == 0, r.stderr
     services = json.loads(r.stdout)["services"]
     assert {"postgres", "mlflow", "ray-head", "ray-worker"} <= set(services)
@@ -119,14 +128,45 @@ def test_compose_config_with_compose_client():
     assert "count" not in json.dumps(devices)
 
 
-def test_compose_client_refuses_a_missing_password():
-    r = compose_config()
-    assert r.returncode != 0 and "POSTGRES_PASSWORD" in r.stderr
+@pytest.mark.parametrize("missing", ["POSTGRES_PASSWORD_FILE", "RAY_TOKEN_FILE"])
+def test_compose_client_refuses_a_missing_secret(secret_files, missing):
+    r = compose_config(env={k: v for k, v in secret_files.items() if k != missing})
+    assert r.returncode != 0 and missing in r.stderr
+
+
+def test_secrets_are_files_mounted_in_the_services_that_need_them(secret_files):
+    """#20: the database password was on MLflow's command line (`ps`, `docker inspect` showed it),
+    and the Ray head ran without token authentication while publishing its job server."""
+    r = compose_config("--profile", "*", env=secret_files)
+    assert r.returncode == 0, r.stderr
+    config = json.loads(r.stdout)
+    assert DUMMY not in r.stdout  # the password itself is in no setting Compose gives a container
+    assert config["secrets"]["postgres_password"]["file"] == secret_files["POSTGRES_PASSWORD_FILE"]
+    assert config["secrets"]["ray_token"]["file"] == secret_files["RAY_TOKEN_FILE"]
+    services = config["services"]
+
+    def secrets(service):
+        return {s["source"] for s in service.get("secrets") or []}
+
+    postgres, mlflow = services["postgres"], services["mlflow"]
+    assert postgres["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    assert "POSTGRES_PASSWORD" not in postgres["environment"] and secrets(postgres) == {"postgres_password"}
+    command = " ".join(mlflow["command"])
+    assert "--backend-store-uri postgresql+psycopg2://mlflow@postgres:5432/mlflow" in command
+    assert "/run/secrets/postgres_password" in " ".join(mlflow["entrypoint"]) and secrets(mlflow) == {"postgres_password"}
+    assert not any("PASSWORD" in k for k in (mlflow.get("environment") or {}))
+    nodes = {n: s for n, s in services.items() if n.startswith("ray-")}
+    assert len(nodes) == 9  # the head and eight workers
+    for name, node in nodes.items():
+        env = node["environment"]
+        assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"] == "/run/secrets/ray_token", name
+        assert secrets(node) == {"ray_token"} and "RAY_AUTH_TOKEN" not in env, name
+    assert not secrets(postgres) & {"ray_token"} and "ray_token" not in secrets(mlflow)
 
 
 @pytest.mark.parametrize("n", range(1, 9))
-def test_compose_client_gpu_profiles(n):
-    env = {"POSTGRES_PASSWORD": DUMMY} | ({"COMPOSE_PROFILES": f"gpus{n}"} if n > 1 else {})
+def test_compose_client_gpu_profiles(n, secret_files):
+    env = secret_files | ({"COMPOSE_PROFILES": f"gpus{n}"} if n > 1 else {})
     r = compose_config(env=env)
     assert r.returncode == 0, r.stderr
     ids = sorted(int(_devices(s)[0]["device_ids"][0]) for s in workers(json.loads(r.stdout)["services"]).values())
@@ -201,7 +241,9 @@ def test_mlflow_artifacts_volume_is_the_artifact_destination():
 
 # --- secrets -------------------------------------------------------------------------------------
 
-SECRET_KEY = re.compile(r"(?i)\b[\w.-]*(password|passwd|secret|token)[\w-]*\b\s*[:=]\s*['\"]?([^\s'\"]*)")
+# a key naming a password, secret or token and its value; keys ending in _FILE or _PATH name the
+# file that holds the secret (a path, not the secret), which is what the stack wants
+SECRET_KEY = re.compile(r"(?i)\b[\w.-]*(password|passwd|secret|token)(?![\w-]*(?:_file|_path)\b)[\w-]*\b\s*[:=]\s*['\"]?([^\s'\"]*)")
 URI_CREDENTIALS = re.compile(r"://[^/\s:@]+:([^@\s/]+)@")
 
 
@@ -214,14 +256,19 @@ def test_no_password_literal_in_docker_files(path):
     for n, line in enumerate((ROOT / path).read_text().splitlines(), 1):
         line = re.sub(r"\$\{[^}]*\}", "$VAR", line)  # ${VAR...} interpolations are not literals
         for m in SECRET_KEY.finditer(line):
+            if m.group(0).lower().startswith("secrets:"):  # Compose's list of secret names, not a value
+                continue
             assert _is_placeholder(m.group(2)), f"{path}:{n}: {line.strip()}"
         for m in URI_CREDENTIALS.finditer(line):
             assert _is_placeholder(m.group(1)), f"{path}:{n}: {line.strip()}"
 
 
-def test_the_password_comes_only_from_the_environment():
-    uses = re.findall(r"\$\{POSTGRES_PASSWORD([^}]*)\}", COMPOSE.read_text())
-    assert len(uses) == 2 and all(u.startswith(":?") for u in uses), uses  # required, no default
+def test_the_secrets_come_only_from_files_the_user_names():
+    text = COMPOSE.read_text()
+    assert "${POSTGRES_PASSWORD}" not in text and "${POSTGRES_PASSWORD:" not in text
+    for variable in ("POSTGRES_PASSWORD_FILE", "RAY_TOKEN_FILE"):
+        uses = re.findall(rf"\$\{{{variable}([^}}]*)\}}", text)
+        assert len(uses) == 1 and uses[0].startswith(":?"), (variable, uses)  # required, no default
 
 
 # --- the image -----------------------------------------------------------------------------------
