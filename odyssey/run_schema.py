@@ -213,6 +213,20 @@ def check_store(uri: str, *, existing: bool = False, timeout: float = 5.0) -> No
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ServiceError(f"MLflow tracking store {uri}: cannot create {folder}: {exc}") from None
+        return
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme and scheme not in TRACKING_SCHEMES:
+        from odyssey.errors import ConfigError
+
+        raise ConfigError(
+            f"tracking.uri={uri!r} is invalid: MLflow cannot track to {scheme}://; expected http(s)://HOST:PORT, "
+            "sqlite:///PATH, file:PATH, a database URL (postgresql://, mysql://, mssql://) or databricks"
+        )
+
+
+# The tracking URI schemes MLflow's tracking client accepts (a database URL may name its driver:
+# postgresql+psycopg2://).
+TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks")
 
 
 def record_differences(old: object, new: object, prefix: str = "", *, only_recorded: bool = False) -> list[str]:

@@ -17,6 +17,7 @@ from odyssey.config import (
     typed,
 )
 from odyssey.errors import ServiceError
+from odyssey.run_schema import check_store
 from odyssey.tasks import build_task
 from odyssey.tracking import (
     ROLE_TRAIN,
@@ -56,6 +57,7 @@ def main(argv: list[str]) -> int:
     logger = None
     if tracking.enabled:
         uri = tracking.resolved_uri(Path.cwd())
+        check_store(uri)  # one line for a server that does not answer or a URI MLflow cannot use
         logger = _start_logger(uri, tracking.experiment, trial, task)
         print(f"MLflow: run {logger.run_id} in experiment {tracking.experiment!r} at {uri}", file=sys.stderr)
         experiment_id = logger.client.get_run(logger.run_id).info.experiment_id

@@ -493,6 +493,9 @@ def test_interrupt_and_resume(tmp_path, mlflow_server, ray_cluster, how, executi
         assert code == 128 + getattr(signal, how), output[-3000:]
         assert f"interrupted ({how} received)" in output and "Resume with: odyssey sweep" in output, output[-3000:]
         assert output.rstrip().endswith("resume=true"), output[-500:]
+        after = output[output.index(f"{how}: stopping every search"):]
+        # Tune ends the stopped trials as if finished: no "4/4 done" line may say otherwise (#20)
+        assert " done, " not in after and "[adding/vanilla] stopped: each trial keeps its last epoch checkpoint" in after
         _, parents, _ = study_runs(mlflow_server, name)
         (parent,) = parents
         assert (parent.info.status, parent.data.tags[TAG_STATUS]) == ("KILLED", STATUS_INTERRUPTED)
@@ -566,6 +569,9 @@ def test_mlflow_outages_short_and_past_the_grace(tmp_path, restartable_mlflow_se
     assert "unreachable for" in output and "Resume with: odyssey sweep" in output and "Traceback" not in output, output[-3000:]
     client, parents, trials = study_runs(server.uri, name)
     marked = "unfinished trial run(s) marked interrupted" in output
+    # the last line agrees with what happened (#20: it said "are marked" after "could not be marked")
+    assert ("its unfinished trial runs are marked interrupted" in output) == marked, output[-2000:]
+    assert ("could not all be marked interrupted" in output) == (not marked), output[-2000:]
     expected = {STATUS_INTERRUPTED, STATUS_COMPLETED, STATUS_DIVERGED} | (set() if marked else {"running"})
     assert {t.data.tags[TAG_STATUS] for t in trials} <= expected, output[-2000:]
     assert parents[0].data.tags[TAG_STATUS] == (STATUS_INTERRUPTED if marked else "running")

@@ -17,6 +17,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from odyssey.sweep import interrupts
 from odyssey.sweep.trainable import RUN_ID_KEY, TrialContext
 from odyssey.run_schema import (
     ERROR_ARTIFACT,
@@ -71,6 +72,8 @@ class ProgressCallback(Callback):
         print(text, file=sys.stdout, flush=True)
 
     def on_step_end(self, iteration, trials, **info):
+        if interrupts.stop_requested():  # Tune's counts no longer say what finished (see below)
+            return
         now = time.monotonic()
         if now - self._last >= self.interval_s:
             line = self.line(trials)
@@ -89,6 +92,11 @@ class ProgressCallback(Callback):
         self._print(f"[{self.label}] trial {trial.trial_id} FAILED (retries exhausted): {trial_error(trial)[0]}")
 
     def on_experiment_end(self, trials, **info):
+        if interrupts.stop_requested():
+            # Tune ends an interrupted search's running trials as if they had finished: its counts
+            # would read "3/3 done". The driver says next how many runs it marked interrupted.
+            self._print(f"[{self.label}] stopped: each trial keeps its last epoch checkpoint for resume=true")
+            return
         self._print(self.line(trials))
 
 

@@ -66,6 +66,7 @@ class SearchOutcome:
     counts: dict[str, int] = field(default_factory=dict)  # MLflow status -> number of trial runs
     best: float | None = None
     first_error: str | None = None  # odyssey.error of a failed trial, if any
+    marked: bool = True  # False: stopped in an outage, its unfinished runs not yet marked interrupted
 
 
 def ray_address_parts(address: str | None) -> tuple[str, int] | None:
@@ -161,6 +162,22 @@ def _import_driver_modules() -> None:
     import odyssey.sweep.trainable  # noqa: F401
 
 
+def _parent_tags(sweep: SweepConfig, plan: SearchPlan, extension: int) -> dict[str, str]:
+    """The tags a search's parent run is created with (a resumed search keeps its own)."""
+    import json
+
+    tags = {
+        **mlflow_runs.search_tags(
+            sweep.search.name, sweep.scheduler.name, sweep.study.num_samples, plan.primary_metric, plan.lower_is_better
+        ),
+        run_schema.TAG_OVERRIDES: " ".join(sweep.overrides)[:4000],
+        run_schema.TAG_SEARCH_BUDGET: json.dumps(identity.search_budget(sweep, plan), sort_keys=True),
+    }
+    if extension:
+        tags[run_schema.TAG_EXTENSION] = str(extension)
+    return tags
+
+
 def _run_claimed(sweep: SweepConfig, experiment_id: str) -> list[SearchOutcome]:
     """``run_sweep`` once this driver holds the study's lease."""
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
@@ -204,10 +221,12 @@ def _run_searches(sweep: SweepConfig, experiment_id: str) -> list[SearchOutcome]
     reason = interrupts.stop_reason()
     if reason is not None:
         why, code = reason
+        if all(o.marked for o in outcomes):
+            runs = "its unfinished trial runs are marked interrupted"
+        else:
+            runs = "its unfinished trial runs could not all be marked interrupted (MLflow did not answer): resume=true marks them"
         raise interrupts.SweepInterrupted(
-            f"study {sweep.study.name!r} interrupted ({why}); its unfinished trial runs are marked "
-            f"interrupted. Resume with: {resume_command(sweep)}",
-            exit_code=code,
+            f"study {sweep.study.name!r} interrupted ({why}); {runs}. Resume with: {resume_command(sweep)}", exit_code=code
         )
     _fail_if_every_trial_failed(sweep, outcomes)
     return outcomes
@@ -395,7 +414,7 @@ def _run_search(sweep: SweepConfig, plan: SearchPlan, experiment_id: str, extens
         )  # fmt: skip
     except TrackingDown as exc:  # the sweep is stopping during an outage: resume=true reconciles
         print(f"[{plan.task}/{plan.variant}] {exc}; resume=true will mark them", file=sys.stderr, flush=True)
-        return SearchOutcome(plan.task, plan.variant, parent)
+        return SearchOutcome(plan.task, plan.variant, parent, marked=False)
     return outcome
 
 
