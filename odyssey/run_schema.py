@@ -82,7 +82,11 @@ TAG_SEARCH_SPACE = "odyssey.search_space"  # search runs: the sampled space, rea
 TAG_SEARCH_BUDGET = "odyssey.search_budget"
 TAG_EXTENSION = "odyssey.extension"  # search runs added by `study.extend=true`: the extension's number
 
-# Experiment tags (odyssey.sweep.identity)
+# Experiment tags. MLflow 3's UI picks an experiment's layout from mlflow.experimentKind: without
+# it, it opens on its GenAI view ("Send your first trace"); every odyssey experiment is model training.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# odyssey.sweep.identity
 TAG_STORAGE = "odyssey.sweep.storage"
 TAG_BUDGET = "odyssey.sweep.budget"
 TAG_EXTENSIONS = "odyssey.sweep.extensions"  # JSON list: each `study.extend=true`'s variants and time

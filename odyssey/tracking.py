@@ -66,17 +66,23 @@ def trial_tags(cfg: "TrialConfig", *, primary_metric: str, lower_is_better: bool
 
 
 def get_or_create_experiment(client: "MlflowClient", name: str) -> str:
-    """The id of the experiment called ``name``, created if missing (restored if deleted)."""
+    """The id of the experiment called ``name``, created if missing (restored if deleted), marked
+    as model training (``mlflow.experimentKind``): MLflow 3's UI then opens it, and every run page,
+    in its model-training layout rather than the GenAI one."""
+    from odyssey.run_schema import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND
+
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
         except Exception:  # another process created it first
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
+    if exp.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND:  # an experiment made by someone else
+        client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
     return exp.experiment_id
 
 

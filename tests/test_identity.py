@@ -160,3 +160,19 @@ def test_a_resume_refuses_a_variant_whose_switches_changed(tmp_path, mlflow_serv
     with pytest.raises(ConfigError, match=r"variant mine: coupled_input_forget: False recorded, True now.*Restore the variant file"):
         with identity.claim(sweep_config(tmp_path, name, "study.variants=[vanilla,mine]", "resume=true"), mlflow_server, exp):
             pass
+
+
+def test_every_experiment_odyssey_uses_opens_in_the_model_training_layout(mlflow_server):
+    """#23: MLflow 3's UI opened odyssey's experiments (and every run page) in its GenAI layout;
+    the experiment tag mlflow.experimentKind picks the model-training one."""
+    from mlflow import MlflowClient
+
+    from odyssey.run_schema import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND
+
+    client = MlflowClient(mlflow_server)
+    created = experiment(mlflow_server, "layout-new")
+    assert client.get_experiment(created).tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND == "custom_model_development"
+    foreign = client.create_experiment("layout-made-elsewhere")  # e.g. by mlflow.set_experiment
+    assert TAG_EXPERIMENT_KIND not in client.get_experiment(foreign).tags
+    assert experiment(mlflow_server, "layout-made-elsewhere") == foreign
+    assert client.get_experiment(foreign).tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND
