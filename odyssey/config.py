@@ -563,6 +563,24 @@ def _hydra_message(exc: Exception, config_name: str) -> str:
     """Hydra's error as one readable line: unknown group options list the valid ones, unknown
     keys list the valid keys of their section (or the valid top-level keys)."""
     text = str(exc).strip()
+    ambiguous = re.search(r"Ambiguous value for argument '([^'=]+)=([^']*)'", text)
+    if ambiguous:  # a comma list is Hydra's multirun sweep syntax
+        key, value = ambiguous.groups()
+        if key.lstrip("+~") == "variant":
+            return (
+                f"{key}={value} is ambiguous (a comma list is Hydra's multirun syntax): to combine variants in one "
+                f"trial write {key}=[{value}]; to compare them, run a study with study.variants=[{value}]"
+            )
+        return (
+            f"{key}={value} is ambiguous (a comma list is Hydra's multirun syntax, which odyssey does not run): give "
+            f"one value, or a list as {key}=[{value}] where the key takes a list; a study searches values (search_space)"
+        )
+    lexer = re.search(r"LexerNoViableAltException: (\S+)", text)
+    if lexer and lexer.group(1).startswith("-"):  # --variant cifg: an argparse habit
+        flag = lexer.group(1).lstrip("-")
+        return f"{lexer.group(1)} is not an option: configs are set as KEY=VALUE overrides, e.g. {flag}=... (see --help)"
+    if lexer:
+        return f"cannot parse the override {lexer.group(1)!r}: expected KEY=VALUE, e.g. variant=cifg or train.lr=1e-3"
     missing = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
     if missing:
         group, name = missing.groups()

@@ -113,3 +113,14 @@ def test_dry_run_needs_no_data_and_warns_where_the_real_run_refuses(tmp_path, ca
     with pytest.raises(DataError, match=str(missing)):
         sweep_main(overrides)
     assert not (tmp_path / "mlflow.db").exists()  # refused before any record
+
+
+def test_a_bare_sweep_starts_nothing_and_says_what_to_choose(capsys, tmp_path, monkeypatch):
+    """#23: a bare `odyssey sweep` started the default study (10 trials of up to 150 epochs)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ODYSSEY_OVERRIDES", raising=False)
+    assert main(["sweep"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: odyssey sweep experiment=NAME") and "quickstart" in err and "odyssey_jsb" in err
+    assert "the default study 'odyssey' would run 1 search(es) x 10 trials of up to 150 epochs" in err
+    assert not any(tmp_path.iterdir())  # no MLflow store, no Ray results

@@ -5,6 +5,8 @@ runs and what trained cannot disagree). Composition only: no training, no servic
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from odyssey.config import compose_trial
@@ -103,3 +105,20 @@ def test_the_submit_check_refuses_variant_overrides_before_anything_is_sent(tmp_
     env = {"env_vars": {}}
     with pytest.raises(ConfigError, match="the variants come from study.variants only"):
         _submit(env, ["experiment=quickstart", "variant.peepholes=false"], address="http://127.0.0.1:1", submission_id=None, python="python")
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["variant=vanilla,cifg"], r"variant=vanilla,cifg is ambiguous .*write variant=\[vanilla,cifg\]; to compare them, run a study with study.variants=\[vanilla,cifg\]"),
+        (["train.lr=1e-3,2e-3"], r"train.lr=1e-3,2e-3 is ambiguous .*give one value"),
+        (["--variant", "cifg"], r"--variant is not an option: configs are set as KEY=VALUE overrides, e.g. variant=\.\.\."),
+    ],
+)
+def test_hydra_parse_slips_get_a_one_line_hint(argv, words, capsys):
+    """#23: Hydra's "Ambiguous value" and LexerNoViableAltException with a hint of what to write."""
+    from odyssey.cli import main
+
+    assert main(["train", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(words, err), err

@@ -48,6 +48,9 @@ def sweep_main(argv: Sequence[str]) -> int:
     if show:
         print_composed("sweep", overrides)
         return 0
+    if not overrides:  # a bare `odyssey sweep` would start the default study: say what to choose
+        print(_bare_usage(), file=sys.stderr)
+        return 2
     from odyssey.sweep import interrupts
 
     hint = interrupts.resume_command_for(overrides)
@@ -74,6 +77,25 @@ def sweep_main(argv: Sequence[str]) -> int:
         run_sweep(sweep)
         interrupts.raise_if_stopped(sweep.study.name, hint)
     return 0
+
+
+def _bare_usage() -> str:
+    """What a bare ``odyssey sweep`` prints: how to choose a study, the experiments, and what the
+    default study (no experiment, no override) would run."""
+    from odyssey.config import group_options
+    from odyssey.sweep.study import load_sweep
+
+    default = load_sweep([], need_data=False)
+    epochs = max(p.base.train.max_epochs for p in default.searches)
+    experiments = ", ".join(group_options("experiment")) or "(none)"
+    return (
+        "usage: odyssey sweep experiment=NAME [KEY=VALUE ...] [--dry-run]   (odyssey sweep --help for more)\n"
+        f"  experiments: {experiments}\n"
+        "  e.g. odyssey sweep experiment=quickstart --dry-run, then without --dry-run\n"
+        f"Nothing was started: with no experiment and no override the default study {default.study.name!r} would run "
+        f"{len(default.searches)} search(es) x {default.study.num_samples} trials of up to {epochs} epochs; "
+        "name it explicitly (e.g. study.name=odyssey) to run it."
+    )
 
 
 def _which_odyssey() -> str:
