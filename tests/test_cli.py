@@ -124,3 +124,16 @@ def test_a_bare_sweep_starts_nothing_and_says_what_to_choose(capsys, tmp_path, m
     assert err.startswith("usage: odyssey sweep experiment=NAME") and "quickstart" in err and "odyssey_jsb" in err
     assert "the default study 'odyssey' would run 1 search(es) x 10 trials of up to 150 epochs" in err
     assert not any(tmp_path.iterdir())  # no MLflow store, no Ray results
+
+
+@pytest.mark.parametrize("cap, packs, members", [(None, 1, 8), (2, 1, 2), (5, 2, 2), (1, 1, 1)])
+def test_max_concurrent_trials_caps_a_search_s_packs(tmp_path, cap, packs, members):
+    """#23: study.max_concurrent_trials was shown by --cfg job and ignored by packs (16 trials ran at
+    once under a cap of 2). It caps each search's packs x members."""
+    from odyssey.sweep.study import load_sweep
+
+    extra = [] if cap is None else [f"study.max_concurrent_trials={cap}"]
+    sweep = load_sweep(["experiment=quickstart", "execution=pack", "execution.packs=2" if cap == 5 else "execution.packs=1",
+                        f"study.storage_path={tmp_path}", *extra])  # fmt: skip
+    assert (sweep.execution.packs, sweep.execution.members) == (packs, members)
+    assert sweep.execution.packs * sweep.execution.members <= (cap or 8)

@@ -117,16 +117,22 @@ class ExecutionConfig:
         _check(self.cpu > 0, "execution.cpu", self.cpu, "a number > 0")
         _check(self.gpu is None or self.gpu >= 0, "execution.gpu", self.gpu, "null or a number >= 0")
 
-    def resolved(self, resources: "ResourcesConfig", num_samples: int) -> "ExecutionConfig":
+    def resolved(self, resources: "ResourcesConfig", num_samples: int, max_concurrent: int | None = None) -> "ExecutionConfig":
         """``auto`` made concrete: pack when trials get GPUs, else the CPU default; the members
-        per pack (auto: the whole search on a GPU, up to 512; 8 on CPU); the executor's GPUs."""
+        per pack (auto: the whole search on a GPU, up to 512; 8 on CPU); the executor's GPUs.
+        ``max_concurrent`` (``study.max_concurrent_trials``) caps a search's packs x members: a
+        pack's members are trials running at once."""
         on_gpu = resources.gpu > 0 if self.gpu is None else self.gpu > 0
         mode = self.mode if self.mode != "auto" else ("pack" if on_gpu else CPU_DEFAULT_MODE)
         members = self.members
         if members == "auto":
             members = min(num_samples, GPU_PACK_MEMBERS_MAX) if on_gpu else min(num_samples, CPU_PACK_MEMBERS)
+        packs = self.packs
+        if mode == "pack" and max_concurrent is not None:
+            packs = min(packs, max_concurrent)
+            members = max(1, min(int(members), max_concurrent // packs))
         gpu = self.gpu if self.gpu is not None else (1.0 if on_gpu else 0.0)
-        return dataclasses.replace(self, mode=mode, members=int(members), gpu=gpu)
+        return dataclasses.replace(self, mode=mode, members=int(members), packs=packs, gpu=gpu)
 
 
 @dataclass(frozen=True)
@@ -282,7 +288,9 @@ def load_sweep(overrides: Sequence[str], *, cwd: Path | None = None, need_data: 
     resume = resume or study.extend  # an extension continues the recorded study
     search = typed(cfg.get("search"), SearchConfig, "search")
     scheduler = typed(cfg.get("scheduler"), SchedulerConfig, "scheduler")
-    execution = typed(cfg.get("execution"), ExecutionConfig, "execution").resolved(study.resources_per_trial, study.num_samples)
+    execution = typed(cfg.get("execution"), ExecutionConfig, "execution").resolved(
+        study.resources_per_trial, study.num_samples, study.max_concurrent_trials
+    )
     space = translate(_container(cfg, "search_space"), name="search_space")
     _check_names("task", study.tasks)
     _check_names("variant", study.variants)
@@ -339,6 +347,8 @@ def describe_sweep(sweep: SweepConfig) -> str:
     epochs = sorted({p.base.train.max_epochs for p in sweep.searches})
     if ex.mode == "pack":
         where = f"trial packs: {ex.packs} pack(s) per search of up to {ex.members} trials, {ex.cpu:g} CPU and {ex.gpu:g} GPU each"
+        if study.max_concurrent_trials is not None:
+            where += f" (at most study.max_concurrent_trials={study.max_concurrent_trials} trials at once per search)"
     else:
         res = study.resources_per_trial
         where = f"one process per trial: {res.cpu:g} CPU and {res.gpu:g} GPU each"
