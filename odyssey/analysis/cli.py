@@ -10,6 +10,7 @@ from odyssey.analysis.report import MIN_FANOVA_TRIALS, analyze_study, format_ter
 from odyssey.analysis.errors import AnalysisError
 from odyssey.analysis.study import load_study, mixed_sweeps
 from odyssey.run_schema import default_tracking_uri
+from odyssey.tracking import quiet_mlflow_urls
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +53,7 @@ def main(argv: list[str]) -> int:
         from odyssey.errors import ConfigError
 
         raise ConfigError(f"--min-trials must be at least 2, got {args.min_trials}")
+    quiet_mlflow_urls()  # the conclusions come first; odyssey prints the study's URL itself
     config = ComparisonConfig(
         alpha=args.alpha, top_fraction=args.top_fraction, detectable_difference=args.detectable_difference, primary=args.primary
     )
