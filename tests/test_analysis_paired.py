@@ -178,6 +178,39 @@ def test_paired_test_notes_untestable_cases():
     assert r.worse == 3 and r.better == 1  # higher is better: a negative difference is worse
 
 
+def test_comparison_keys_are_checked():
+    from odyssey.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"alpha=2 is invalid: expected a number in \(0, 1\)"):
+        ComparisonConfig(alpha=2)
+    with pytest.raises(ConfigError, match="top_fraction=0 is invalid"):
+        ComparisonConfig(top_fraction=0)
+    with pytest.raises(ConfigError, match="primary='best' is invalid: expected top or all"):
+        ComparisonConfig(primary="best")
+    cfg = ComparisonConfig(top_fraction=0.25, welch_top=0.2)
+    assert (cfg.top_subset, cfg.welch_subsets, cfg.primary_subset) == ("top25", ("all", "top20"), "top25")
+    assert any("'top25', the better 25% of the pairs" in r for r in cfg.rules())
+
+
+def test_box_figure_has_the_paper_panels_and_one_pair_panel_per_variant(tmp_path, monkeypatch):
+    """Fig. 3: all trials and top10 side by side; per variant with pairs, the pairs joined and
+    their differences (two axes)."""
+    from odyssey.analysis import figures
+
+    rng = np.random.default_rng(4)
+    trials = _frame(_paired_groups(rng, _samples(12), {"vanilla": 0.0, "nfg": SHIFT, "cifg": 0.0}))
+    pairing = pair_trials(trials, {})
+    table = comparison_table(trials, pairing, config=ComparisonConfig(n_resamples=200))
+    values = {v: g["test"].to_numpy() for v, g in trials.groupby("variant")}
+    pairs = {v: pairing.of("adding", v).assign(top=True) for v in ("cifg", "nfg")}
+    shown = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path: shown.setdefault("axes", [a.get_title() for a in fig.axes]) and path)
+    figures.box_plot("adding", values, table, "mse", tmp_path / "b.png", top_values=values, pairs=pairs, lower_is_better=True)
+    titles = shown["axes"]
+    assert len(titles) == 2 + 2 * 2 and titles[0].startswith("adding: all trials") and titles[1].startswith("adding: top10")
+    assert titles[4] == "nfg vs vanilla: pairs joined\n(solid: top pairs)" and titles[5].startswith("worse in 12/12 pairs")
+
+
 # --- pairs ------------------------------------------------------------------------------------
 
 
@@ -340,6 +373,7 @@ def test_analyze_a_paired_study_end_to_end(mlflow_server, tmp_path, capsys):
     assert counts.loc["nfg", ["trials", "with_partner", "no_partner", "pair_left_out", "pairs"]].tolist() == [16, 16, 0, 2, 14]
     assert "task adding, nfg: 16 of 16 trials found a vanilla partner (vanilla: 16 of 16); 14 pairs enter the paired test, 2 left out" in printed
 
+    assert (out / "figures" / "box_adding.png").stat().st_size > 10_000 and (out / "pairs.csv").is_file()
     html = (out / "report.html").read_text()
     assert html.index("<h2>Conclusions</h2>") < html.index("<h2>Rules</h2>") < html.index("<h2>Variant comparison</h2>")
     assert "the better 50% of the pairs ranked by the mean of the two trials" in html and "Holm" in html

@@ -80,7 +80,7 @@ def box_plot(
     paired = [v for v in variants if pairs and v in pairs]
     ncol = max(2, len(paired))
     width = max(4.0, 0.9 * len(variants) + 2)
-    fig = plt.figure(figsize=(max(2 * width, 3.0 * ncol), 4.5 if not paired else 8.5))
+    fig = plt.figure(figsize=(max(2 * width, 3.6 * ncol), 4.5 if not paired else 8.5))
     grid = fig.add_gridspec(2 if paired else 1, 2 * ncol)
     ax_all = fig.add_subplot(grid[0, :ncol] if top_values is not None else grid[0, :])
     _boxes(ax_all, task, values, sig.get("all", {}), params_counts, f"{task}: all trials\n(* Welch p_holm < alpha vs vanilla)", metric, lower_is_better)
@@ -89,25 +89,35 @@ def box_plot(
         title = f"{task}: {top_label} (best trials by validation {metric})\n(* Welch p_holm < alpha vs vanilla)"
         _boxes(ax_top, task, {v: top_values.get(v, np.array([])) for v in variants}, sig.get(top_label, {}), params_counts, title, metric, lower_is_better)
     for i, v in enumerate(paired):
-        ax = fig.add_subplot(grid[1, 2 * i : 2 * i + 2])
-        _pair_panel(ax, v, pairs[v], metric, lower_is_better)
+        _pair_panel(fig.add_subplot(grid[1, 2 * i]), fig.add_subplot(grid[1, 2 * i + 1]), v, pairs[v], metric, lower_is_better)
     return _save(fig, path)
 
 
-def _pair_panel(ax, variant: str, pairs: pd.DataFrame, metric: str, lower_is_better: bool | None) -> None:
-    """One variant's pairs joined: a line per pair from vanilla's value to the variant's."""
+def _pair_panel(ax, ax_diff, variant: str, pairs: pd.DataFrame, metric: str, lower_is_better: bool | None) -> None:
+    """One variant's pairs: on ``ax`` a line per pair from vanilla's value to the variant's; on
+    ``ax_diff`` the differences variant - vanilla, one point per pair (top pairs solid), with 0 and
+    the median difference marked."""
     lib = True if lower_is_better is None else lower_is_better
     d = (pairs["test"] - pairs["test_base"]).to_numpy(dtype=float)
     top = pairs["top"].to_numpy(dtype=bool) if "top" in pairs else np.ones(len(pairs), dtype=bool)
-    for (a, b), diff, strong in zip(pairs[["test_base", "test"]].to_numpy(dtype=float), d, top):
-        colour = "#bdbdbd" if diff == 0 else ("#f0027f" if (diff > 0) == lib else "#33a02c")
+    colours = ["#bdbdbd" if x == 0 else ("#f0027f" if (x > 0) == lib else "#33a02c") for x in d]
+    for (a, b), colour, strong in zip(pairs[["test_base", "test"]].to_numpy(dtype=float), colours, top):
         ax.plot([0, 1], [a, b], color=colour, alpha=0.9 if strong else 0.25, lw=1.4 if strong else 0.8, marker="o", ms=3)
     worse = int(np.sum(d > 0) if lib else np.sum(d < 0))
     median = float(np.median(d)) if len(d) else float("nan")
     ax.set_xticks([0, 1], ["vanilla", variant])
     ax.set_xlim(-0.3, 1.3)
     ax.set_ylabel(f"test {metric}", fontsize=8)
-    ax.set_title(f"{variant} - vanilla: worse in {worse}/{len(d)} pairs\nmedian difference {median:+.3g} (solid: top pairs)", fontsize=9)
+    ax.set_title(f"{variant} vs vanilla: pairs joined\n(solid: top pairs)", fontsize=9)
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(d))  # seeded: the same figure each run
+    ax_diff.scatter(jitter, d, c=colours, alpha=[0.9 if t else 0.3 for t in top], s=14)
+    ax_diff.axhline(0.0, color="black", lw=0.8)
+    if np.isfinite(median):
+        ax_diff.axhline(median, color="#f0027f" if (median > 0) == lib else "#33a02c", lw=1.2, ls="--")
+    ax_diff.set_xlim(-0.5, 0.5)
+    ax_diff.set_xticks([])
+    ax_diff.set_ylabel(f"{variant} - vanilla, test {metric}", fontsize=8)
+    ax_diff.set_title(f"worse in {worse}/{len(d)} pairs\n-- median {median:+.3g}", fontsize=9)
 
 
 def fraction_text(res: FanovaResult, key) -> str:
