@@ -9,7 +9,8 @@ Example (a tiny study on the local machine, recorded in ``./mlruns.db``)::
     print(study.describe())           # what odyssey sweep --dry-run prints; nothing runs
     study.run()                       # the sweep (Ray Tune), recorded in MLflow
     trials = study.trials()           # one row per trial run: a pandas DataFrame
-    report = study.analyze(out_dir="analysis/quickstart")   # Welch t-tests and fANOVA
+    report = study.analyze(out_dir="analysis/quickstart")   # Welch and paired tests, fANOVA
+    report.conclusions                # one line per variant and task
     report.comparison                 # the variant table, a DataFrame
 """
 
@@ -57,7 +58,8 @@ class StudyHandle:
         return self.load().trials
 
     def analyze(self, *, out_dir: str | Path | None = None, log: bool = True, **options):
-        """``odyssey analyze``: the variant comparison and fANOVA (:func:`odyssey.analysis.analyze_study`)."""
+        """``odyssey analyze``: the variant comparison and fANOVA (:func:`odyssey.analysis.analyze_study`;
+        ``config=odyssey.analysis.ComparisonConfig(alpha=..., top_fraction=...)`` sets the comparison's keys)."""
         from odyssey.analysis.report import analyze_study
 
         return analyze_study(self.load(), out_dir=out_dir or f"analysis/{self.name}", log=log, **options)

@@ -361,13 +361,22 @@ def test_analyze_end_to_end(study_uri, tmp_path, capsys):
         assert p.stat().st_size > 1000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     cmp_ = pd.read_csv(out / "comparison.csv")
-    allt = cmp_[cmp_["subset"] == "all"].set_index("variant")
+    welch = cmp_[cmp_["test"] == "welch"]
+    allt = welch[welch["subset"] == "all"].set_index("variant")
     assert bool(allt.loc["nfg", "significant"]) and allt.loc["nfg", "direction"] == "worse"
     assert not bool(allt.loc["cifg", "significant"])
     assert allt.loc["nfg", "n"] == 31  # 30 completed + 1 diverged (worst value), rule 1
     assert allt.loc["vanilla", "mean"] == pytest.approx(1 + 0.5 * 4 / 3 + 0.05, abs=0.35)
-    top = cmp_[cmp_["subset"] == "top10"].set_index("variant")
+    top = welch[welch["subset"] == "top10"].set_index("variant")
     assert top.loc["vanilla", "n"] == 3 and bool(top.loc["nfg", "significant"])
+    # each variant drew its own samples here (an unpaired study): the paired test is refused in one
+    # line per variant, its rows carry the reason, and the conclusions fall back on Welch
+    paired = cmp_[cmp_["test"] == "wilcoxon_paired"]
+    assert len(paired) == 4 and paired["p_value"].isna().all() and (paired["n_pairs"] == 0).all()
+    assert paired["note"].str.contains("not sampled paired").all()
+    assert "task adding, nfg: no paired comparison: none of its 34 trials shares its sampled values and seed" in printed
+    assert printed.startswith("Conclusions (variant vs vanilla; the paired test decides):\n  cifg: no difference detected on adding (Welch, all:")
+    assert "  nfg: worse than vanilla on adding (Welch, all: +" in printed
 
     counts = pd.read_csv(out / "counts.csv").set_index("variant")
     columns = ["trials", "diverged", "stopped_early", "failed", "interrupted", "in_fanova", "in_ttest"]
@@ -387,7 +396,7 @@ def test_analyze_end_to_end(study_uri, tmp_path, capsys):
     assert nfg["label"] == "log10(learning rate)" and "few trials: 30 for 4 hyperparameters" in nfg["note"]
     assert "log10(learning rate)" in printed and "\u00b1" in printed  # readable names, fractions with their std
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["study"] == "synthetic" and len(summary["rules"]) == 3
+    assert summary["study"] == "synthetic" and len(summary["rules"]) == 6
     assert any("no recorded search space" in m and "observed min/max" in m for m in summary["messages"])
     assert any(m.startswith("WARNING: task adding, nfg: fANOVA on 30 trials for 4 hyperparameters") for m in summary["messages"])
     assert summary["spaces"]["adding/nfg"]["source"].startswith("observed")
@@ -448,7 +457,7 @@ def test_analyze_too_few_trials(study_uri, tmp_path, capsys):
     assert "3 trial(s) completed with full budget, fewer than 10: no fANOVA" in printed
     assert "nfg: 1 usable trial(s), fewer than 3: no t-test" in printed
     cmp_ = pd.read_csv(tmp_path / "comparison.csv")
-    row = cmp_[(cmp_["variant"] == "nfg") & (cmp_["subset"] == "all")].iloc[0]
+    row = cmp_[(cmp_["variant"] == "nfg") & (cmp_["subset"] == "all") & (cmp_["test"] == "welch")].iloc[0]
     assert math.isnan(row["p_value"]) and "too few" in row["note"]
     assert not list((tmp_path / "figures").glob("fanova_*.png"))
 
@@ -529,5 +538,5 @@ def test_reference_cells_are_compared_against_vanilla_like_any_variant(tmp_path,
     monkeypatch.setattr(figures.plt.Axes, "set_xticks", lambda self, ticks, names, **kw: labels.extend(names))
     values = {v: np.array([r["test"] for r in rows if r["variant"] == v]) for v in counts}
     figures.box_plot("adding", values, table, "mse", tmp_path / "box.png", params_counts=counts)
-    assert labels == ["vanilla\n1,921 params", "gru\n1,421 params", "rnn *\n481 params"]
+    assert labels == ["vanilla\n1,921 params", "gru\n1,421 params", "rnn *\n481 params"]  # all trials; no top10, no pairs
     assert (tmp_path / "box.png").stat().st_size > 0

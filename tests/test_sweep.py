@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from odyssey.errors import ConfigError, ServiceError
@@ -272,6 +273,18 @@ def test_sweep_end_to_end(tmp_path, mlflow_server, ray_cluster, capsys):
     counts = report.counts.set_index("variant")
     assert counts.loc["vanilla", "completed"] == counts.loc["nfg", "completed"] == 3
     assert "nfg" in set(report.comparison["variant"]) and (tmp_path / "analysis" / "report.html").is_file()
+    # the seeded random search gave both variants the same 3 samples: the analysis pairs them by
+    # their recorded values and seeds, and comparison.csv carries the paired rows and Holm's p
+    cmp_ = pd.read_csv(tmp_path / "analysis" / "comparison.csv")
+    for column in ("test", "subset", "n", "n_pairs", "p_value", "p_holm", "significant", "direction", "effect", "effect_low", "effect_high"):
+        assert column in cmp_.columns, column
+    nfg = cmp_[cmp_["variant"] == "nfg"].set_index(["test", "subset"])
+    assert sorted(nfg.index) == [("welch", "all"), ("welch", "top10"), ("wilcoxon_paired", "all"), ("wilcoxon_paired", "top50")]
+    assert nfg.loc[("wilcoxon_paired", "all"), "n_pairs"] == 3 and nfg.loc[("wilcoxon_paired", "top50"), "n_pairs"] == 2
+    assert nfg.loc[("welch", "all"), "p_holm"] == pytest.approx(nfg.loc[("welch", "all"), "p_value"])  # one variant: m = 1
+    pairs = pd.read_csv(tmp_path / "analysis" / "pair_counts.csv").iloc[0]
+    assert (pairs["with_partner"], pairs["no_partner"], pairs["pairs"]) == (3, 0, 3) and pd.isna(pairs["refused"])
+    assert report.conclusions and report.conclusions[0].startswith("nfg: ")
 
     # Refusals (#20) record nothing and change nothing: a variant override on the sweep (it would
     # train other cells under the searches' labels), a resume with another task setting and an

@@ -16,21 +16,34 @@ from odyssey.errors import ServiceError
 from odyssey.run_schema import ROLE_ANALYSIS, TAG_ROLE, TAG_STUDY
 
 
+WELCH_METRICS = ("mean", "median", "p_value", "p_holm", "effect", "effect_low", "effect_high")
+PAIRED_METRICS = ("n_pairs", "p_value", "p_holm", "effect", "effect_low", "effect_high", "median_diff", "worse_pairs", "pairs_needed")
+
+
 def result_metrics(comparison: pd.DataFrame, fanova_table: pd.DataFrame) -> dict[tuple[str, str], dict[str, float]]:
     """The analysis results as MLflow metrics, per (task, variant), so that MLflow charts and
-    compares them across searches and studies: for each comparison subset (``all``, ``top10``)
-    ``analysis/<subset>/{mean,median,p_value,significant}`` (significant as 1/0; no p-value where
-    the test was not made), and ``analysis/fanova/<key>`` with its spread over the forest's trees
-    ``analysis/fanova/<key>/std``."""
+    compares them across searches and studies:
+
+    * Welch rows, per subset (``all``, ``top10``): ``analysis/<subset>/<name>`` for ``WELCH_METRICS``
+      (mean, median, p_value, p_holm, effect = difference of means, effect_low/high);
+    * paired rows, per subset (``all``, ``top50``): ``analysis/paired/<subset>/<name>`` for
+      ``PAIRED_METRICS`` (n_pairs, p_value, p_holm, effect = Hodges-Lehmann, effect_low/high,
+      median_diff, worse_pairs, pairs_needed);
+    * ``.../significant`` (``p_holm < alpha``, as 1/0) wherever there is a p-value;
+    * ``analysis/fanova/<key>`` with its spread over the forest's trees ``analysis/fanova/<key>/std``.
+
+    Values that are missing (no test, no pairs) are not logged."""
     out: dict[tuple[str, str], dict[str, float]] = {}
-    for r in comparison.itertuples(index=False):
-        m = out.setdefault((r.task, r.variant), {})
-        for name in ("mean", "median", "p_value"):
-            value = getattr(r, name)
+    for r in comparison.to_dict(orient="records"):
+        m = out.setdefault((r["task"], r["variant"]), {})
+        paired = r.get("test", "welch") != "welch"
+        prefix = f"analysis/paired/{r['subset']}" if paired else f"analysis/{r['subset']}"
+        for name in PAIRED_METRICS if paired else WELCH_METRICS:
+            value = r.get(name)
             if value is not None and np.isfinite(float(value)):
-                m[f"analysis/{r.subset}/{name}"] = float(value)
-        if r.p_value is not None and np.isfinite(float(r.p_value)):
-            m[f"analysis/{r.subset}/significant"] = float(bool(r.significant))
+                m[f"{prefix}/{name}"] = float(value)
+        if r["p_value"] is not None and np.isfinite(float(r["p_value"])):
+            m[f"{prefix}/significant"] = float(bool(r["significant"]))
     for r in fanova_table.itertuples(index=False):
         if not r.key or not np.isfinite(float(r.fraction)):
             continue

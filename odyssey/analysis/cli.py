@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+from odyssey.analysis.compare import ComparisonConfig
 from odyssey.analysis.fanova import TRIALS_PER_HYPERPARAMETER
 from odyssey.analysis.report import MIN_FANOVA_TRIALS, analyze_study, format_terminal
 from odyssey.analysis.errors import AnalysisError
 from odyssey.analysis.study import load_study, mixed_sweeps
 from odyssey.run_schema import default_tracking_uri
+from odyssey.tracking import quiet_mlflow_urls
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="odyssey analyze",
-        description="Variant comparison (Welch t-tests vs vanilla) and fANOVA hyperparameter "
+        description="Variant comparison (the paper's Welch t-tests and paired signed-rank tests vs vanilla, "
+        "Holm-corrected) and fANOVA hyperparameter "
         "importance of a study recorded in MLflow; writes an HTML report, figures and tables.",
     )
     p.add_argument("study", help="study name (= MLflow experiment name)")
@@ -24,6 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
                    f"fits with fewer than {TRIALS_PER_HYPERPARAMETER} per hyperparameter are flagged as rough")
     p.add_argument("--n-trees", type=int, default=64, help="trees in the fANOVA forest (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fANOVA forest")
+    d = ComparisonConfig()
+    p.add_argument("--alpha", type=float, default=d.alpha, help=f"family-wise significance level: significant means p_holm < alpha (default {d.alpha})")
+    p.add_argument("--top-fraction", type=float, default=d.top_fraction,
+                   help=f"the paired top subset: this fraction of the pairs, best by mean validation metric (default {d.top_fraction}: top50)")
+    p.add_argument("--detectable-difference", type=float, default=d.detectable_difference,
+                   help=f"the difference (metric units) that the 'pairs needed' estimate plans for, at 80%% power (default {d.detectable_difference})")
+    p.add_argument("--primary", choices=("top", "all"), default=d.primary, help="the paired subset whose row gives each conclusion line (default top)")
     p.add_argument("--no-log", action="store_true", help="do not log the outputs to MLflow")
     p.add_argument(
         "--allow-mixed", action="store_true",
@@ -43,6 +53,10 @@ def main(argv: list[str]) -> int:
         from odyssey.errors import ConfigError
 
         raise ConfigError(f"--min-trials must be at least 2, got {args.min_trials}")
+    quiet_mlflow_urls()  # the conclusions come first; odyssey prints the study's URL itself
+    config = ComparisonConfig(
+        alpha=args.alpha, top_fraction=args.top_fraction, detectable_difference=args.detectable_difference, primary=args.primary
+    )
     study = load_study(args.study, tracking_uri=args.tracking_uri or default_tracking_uri())
     problems = mixed_sweeps(study)
     if problems and not args.allow_mixed:
@@ -57,6 +71,7 @@ def main(argv: list[str]) -> int:
         log=not args.no_log,
         n_trees=args.n_trees,
         seed=args.seed,
+        config=config,
     )
     print(format_terminal(report))
     return 0

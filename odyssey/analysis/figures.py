@@ -27,19 +27,8 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def box_plot(
-    task: str, values: dict[str, np.ndarray], welch: pd.DataFrame, metric: str, path: Path, *, params_counts: dict[str, int] | None = None
-) -> Path:
-    """Test metric per variant side by side; variants significantly different from vanilla
-    (all-trials Welch test) are marked with * and coloured (green better, red worse). With
-    ``params_counts`` (the median parameter count of each variant's trials) each label gives it:
-    a GRU or a simple RNN of the same hidden size has 3/4 or 1/4 of an LSTM's weights."""
+def _boxes(ax, task: str, values: dict[str, np.ndarray], sig: dict[str, str], params_counts: dict[str, int] | None, title: str, metric: str, lower_is_better: bool | None) -> None:
     variants = list(values)
-    sig = {}
-    if not welch.empty:
-        w = welch[(welch["task"] == task) & (welch["subset"] == "all")]
-        sig = {r.variant: r.direction for r in w.itertuples() if r.significant}
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(variants) + 2), 4))
     bp = ax.boxplot([values[v] for v in variants], patch_artist=True)
     for patch, v in zip(bp["boxes"], variants):
         colour = {"better": "#7fc97f", "worse": "#f0027f"}.get(sig.get(v, ""), "#bdbdbd" if v != "vanilla" else "#80b1d3")
@@ -48,9 +37,87 @@ def box_plot(
     if params_counts:
         labels = [f"{label}\n{params_counts[v]:,} params" if v in params_counts else label for label, v in zip(labels, variants)]
     ax.set_xticks(range(1, len(variants) + 1), labels, rotation=30)
-    ax.set_ylabel(f"test {metric}")
-    ax.set_title(f"{task}: test {metric} per variant\n(* Welch p < 0.05 vs vanilla, all trials)", fontsize=10)
+    ax.set_ylabel(f"test {metric}" + _better(lower_is_better))
+    ax.set_title(title, fontsize=10)
+
+
+def _better(lower_is_better: bool | None) -> str:
+    return "" if lower_is_better is None else f" ({'lower' if lower_is_better else 'higher'} is better)"
+
+
+def box_plot(
+    task: str,
+    values: dict[str, np.ndarray],
+    welch: pd.DataFrame,
+    metric: str,
+    path: Path,
+    *,
+    params_counts: dict[str, int] | None = None,
+    top_values: dict[str, np.ndarray] | None = None,
+    top_label: str = "top10",
+    pairs: dict[str, pd.DataFrame] | None = None,
+    lower_is_better: bool | None = None,
+) -> Path:
+    """The paper's Fig. 3 for one task, and the paired differences.
+
+    Top row: the test metric per variant side by side on all trials and (``top_values``) on each
+    variant's best trials by validation metric; variants significantly different from vanilla
+    (Welch test of that subset, Holm-corrected) are marked with * and coloured (green better, red
+    worse). With ``params_counts`` (the mean parameter count of each variant's trials) each label
+    gives it: a GRU or a simple RNN of the same hidden size has 3/4 or 1/4 of an LSTM's weights.
+
+    Bottom row (``pairs``: per variant its usable pairs, columns ``test_base``, ``test`` and
+    ``top``, True for the pairs of the paired top subset): one panel per variant, each pair a line
+    from its vanilla value to its variant value, red where the variant is worse, green where
+    better; the top subset's pairs drawn solid, the others faint.
+    """
+    variants = list(values)
+    sig: dict[str, dict[str, str]] = {}
+    if not welch.empty:
+        w = welch[(welch["task"] == task) & (welch.get("test", "welch") == "welch")]
+        for subset in ("all", top_label):
+            sig[subset] = {r.variant: r.direction for r in w[w["subset"] == subset].itertuples() if r.significant}
+    paired = [v for v in variants if pairs and v in pairs]
+    ncol = max(2, len(paired))
+    width = max(4.0, 0.9 * len(variants) + 2)
+    fig = plt.figure(figsize=(max(2 * width, 3.6 * ncol), 4.5 if not paired else 8.5))
+    grid = fig.add_gridspec(2 if paired else 1, 2 * ncol)
+    ax_all = fig.add_subplot(grid[0, :ncol] if top_values is not None else grid[0, :])
+    _boxes(ax_all, task, values, sig.get("all", {}), params_counts, f"{task}: all trials\n(* Welch p_holm < alpha vs vanilla)", metric, lower_is_better)
+    if top_values is not None:
+        ax_top = fig.add_subplot(grid[0, ncol:])
+        title = f"{task}: {top_label} (best trials by validation {metric})\n(* Welch p_holm < alpha vs vanilla)"
+        _boxes(ax_top, task, {v: top_values.get(v, np.array([])) for v in variants}, sig.get(top_label, {}), params_counts, title, metric, lower_is_better)
+    for i, v in enumerate(paired):
+        _pair_panel(fig.add_subplot(grid[1, 2 * i]), fig.add_subplot(grid[1, 2 * i + 1]), v, pairs[v], metric, lower_is_better)
     return _save(fig, path)
+
+
+def _pair_panel(ax, ax_diff, variant: str, pairs: pd.DataFrame, metric: str, lower_is_better: bool | None) -> None:
+    """One variant's pairs: on ``ax`` a line per pair from vanilla's value to the variant's; on
+    ``ax_diff`` the differences variant - vanilla, one point per pair (top pairs solid), with 0 and
+    the median difference marked."""
+    lib = True if lower_is_better is None else lower_is_better
+    d = (pairs["test"] - pairs["test_base"]).to_numpy(dtype=float)
+    top = pairs["top"].to_numpy(dtype=bool) if "top" in pairs else np.ones(len(pairs), dtype=bool)
+    colours = ["#bdbdbd" if x == 0 else ("#f0027f" if (x > 0) == lib else "#33a02c") for x in d]
+    for (a, b), colour, strong in zip(pairs[["test_base", "test"]].to_numpy(dtype=float), colours, top):
+        ax.plot([0, 1], [a, b], color=colour, alpha=0.9 if strong else 0.25, lw=1.4 if strong else 0.8, marker="o", ms=3)
+    worse = int(np.sum(d > 0) if lib else np.sum(d < 0))
+    median = float(np.median(d)) if len(d) else float("nan")
+    ax.set_xticks([0, 1], ["vanilla", variant])
+    ax.set_xlim(-0.3, 1.3)
+    ax.set_ylabel(f"test {metric}", fontsize=8)
+    ax.set_title(f"{variant} vs vanilla: pairs joined\n(solid: top pairs)", fontsize=9)
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(d))  # seeded: the same figure each run
+    ax_diff.scatter(jitter, d, c=colours, alpha=[0.9 if t else 0.3 for t in top], s=14)
+    ax_diff.axhline(0.0, color="black", lw=0.8)
+    if np.isfinite(median):
+        ax_diff.axhline(median, color="#f0027f" if (median > 0) == lib else "#33a02c", lw=1.2, ls="--")
+    ax_diff.set_xlim(-0.5, 0.5)
+    ax_diff.set_xticks([])
+    ax_diff.set_ylabel(f"{variant} - vanilla, test {metric}", fontsize=8)
+    ax_diff.set_title(f"worse in {worse}/{len(d)} pairs\n-- median {median:+.3g}", fontsize=9)
 
 
 def fraction_text(res: FanovaResult, key) -> str:

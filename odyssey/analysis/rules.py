@@ -1,7 +1,7 @@
 """Which trials enter which analysis. These rules are stated in every report (``RULES``).
 
-* Variant comparison (Welch t-test, box plots): trials with status ``completed`` or
-  ``diverged``. A diverged trial enters with the worst value the trainer recorded for it: how
+* Variant comparison (Welch t-test, paired test, box plots): trials with status ``completed``
+  or ``diverged``. A diverged trial enters with the worst value the trainer recorded for it: how
   often a variant diverges over the search space is part of how good it is, and dropping those
   trials would flatter unstable variants. Diverged trials without a recorded test value are
   left out and counted.
@@ -34,16 +34,47 @@ from odyssey.tracking import (
 )
 
 RULES = [
-    "Variant comparison (Welch t-test, p < 0.05, and box plots): trials that completed or "
+    "Variant comparison (box plots, Welch t-tests, paired tests): trials that completed or "
     "diverged; a diverged trial enters with the worst value the trainer recorded for it "
-    "(divergence is part of a variant's performance over the search space). The 'top10' "
-    "subset is the best 10% of each group's trials by validation metric.",
+    "(divergence is part of a variant's performance over the search space, and a variant that "
+    "blows up loses its pairs). The Welch 'top10' subset is the best 10% of each group's trials "
+    "by validation metric.",
     "fANOVA: only completed trials that ran their full budget and have a value for every searched "
     "hyperparameter; diverged trials are left out (their constant worst value would dominate the "
     "variance) and counted.",
     "Trials stopped early by the scheduler, failed trials, interrupted trials (resume the sweep "
     "to finish them) and trials still running are left out of both analyses and counted.",
 ]
+
+
+def comparison_rules(
+    *, alpha: float, top_fraction: float, welch_top: float, detectable_difference: float, power: float,
+    n_resamples: int, level: float, seed: int, primary_subset: str,
+) -> list[str]:  # fmt: skip
+    """The rules of the variant comparison with the analysis' keys filled in (the report's Rules
+    section states them; ``odyssey.analysis.compare.ComparisonConfig`` holds the keys)."""
+    top = f"top{round(100 * top_fraction)}"
+    return [
+        RULES[0].replace("top10", f"top{round(100 * welch_top)}").replace("best 10%", f"best {welch_top:.0%}"),
+        "Pairs: a variant's trial and a vanilla trial of the same task with the same sampled value of "
+        "every searched hyperparameter (per the search's recorded space) and the same trial seed, "
+        "matched by those values, not by trial order; a pair enters when both its trials enter the "
+        "comparison. A study not sampled paired (a searcher other than random search, different "
+        "recorded spaces, or no shared samples, e.g. a different seed per variant) gets no paired "
+        "test, only the Welch test.",
+        f"Paired test, subsets declared before looking: Wilcoxon signed-rank on the pairs' differences "
+        f"of the test metric (variant - vanilla), two-sided, scipy's defaults, on 'all' pairs and on "
+        f"'{top}', the better {top_fraction:.0%} of the pairs ranked by the mean of the two trials' best "
+        f"validation metric (the test metric never selects). Effect: the Hodges-Lehmann estimate with "
+        f"a {level:.0%} bootstrap interval ({n_resamples} resamples of the pairs, seed {seed}), the "
+        f"median difference and the pairs where the variant is worse. The conclusion follows the "
+        f"'{primary_subset}' row; Welch on all trials where there is no paired test.",
+        f"Multiple comparisons: within each (task, subset, test), Holm's correction over the variants "
+        f"compared with vanilla; significant means p_holm < {alpha:g}. Pairs needed: from the "
+        f"differences' robust spread (1.4826 MAD), the pairs that would detect a difference of "
+        f"{detectable_difference:g} (metric units) with {power:.0%} power at level alpha/m.",
+        *RULES[1:],
+    ]
 
 
 def ttest_mask(trials: pd.DataFrame) -> pd.Series:

@@ -14,7 +14,8 @@ analysis coordinate (``log10_hidden_size``, ``log10_lr``, ``log10_one_minus_mome
 ``input_noise``, ``batch_size``, ``clip_norm``...: log10 / log10(1 - x) / as is; a
 categorical's index among its recorded choices), then ``val`` (``best_val/<m>``), ``test``
 (``test/<m>``) for the primary metric ``m``, ``params_count``, ``budget_reached``
-(True/False/None when the tag is absent), ``seed``, ``epochs``, ``max_epochs`` (the budget,
+(True/False/None when the tag is absent), ``seed`` (the trial's, tag ``odyssey.seed``),
+``search`` (the searcher that drew it, ``random`` or ``tpe``; None without the tag), ``epochs``, ``max_epochs`` (the budget,
 param ``train.max_epochs``), ``start_time``, ``end_time`` (seconds since the epoch).
 """
 
@@ -38,6 +39,7 @@ from odyssey.run_schema import (
     TAG_LOWER_IS_BETTER,
     TAG_PARAMS_COUNT,
     TAG_PRIMARY_METRIC,
+    TAG_SEARCH,
     TAG_SEARCH_BUDGET,
     TAG_SEED,
     TAG_TASK,
@@ -113,6 +115,7 @@ def _trial_row(run) -> dict:
         "params_count": _float(tags.get(TAG_PARAMS_COUNT)),
         "budget_reached": _bool(tags.get(TAG_BUDGET_REACHED)),
         "seed": _float(tags.get(TAG_SEED)),
+        "search": tags.get(TAG_SEARCH),
         "epochs": _float(metrics.get(METRIC_EPOCHS)),
         "max_epochs": _float(params.get("train.max_epochs")),
         "start_time": (run.info.start_time or 0) / 1000.0,
@@ -147,7 +150,7 @@ def _fill_metric(rows: list[dict]) -> None:
 
 LEADING_COLUMNS = ["run_id", "parent_run_id", "task", "variant", "status", "metric", "lower_is_better"]
 TRAILING_COLUMNS = [
-    "val", "test", "params_count", "budget_reached", "seed", "epochs", "max_epochs", "start_time", "end_time",
+    "val", "test", "params_count", "budget_reached", "seed", "search", "epochs", "max_epochs", "start_time", "end_time",
 ]  # fmt: skip
 
 
