@@ -38,8 +38,12 @@ class StudyHandle:
         return self.config.study.name
 
     def describe(self) -> str:
-        """The searches, trial counts, resources and search space (``odyssey sweep --dry-run``)."""
-        return describe_sweep(self.config)
+        """The searches, trial counts, resources and search space (``odyssey sweep --dry-run``),
+        and whether the study already exists (then :meth:`run` refuses it without ``resume=true``)."""
+        from odyssey.sweep.identity import existing_study_note
+
+        note = existing_study_note(self.config) if not self.config.resume else None
+        return describe_sweep(self.config) + (f"\nnote: {note}" if note else "")
 
     def run(self):
         """Run the sweep (``odyssey sweep``); returns one outcome per search (counts by status, best)."""

@@ -259,6 +259,12 @@ def test_sweep_end_to_end(tmp_path, mlflow_server, ray_cluster, capsys):
     # and analyses them (what `odyssey analyze` does), so the two cannot drift apart.
     import odyssey.api as od
 
+    # The notebook API (#23): describe() says the study exists; run() refuses as the command does.
+    again = od.study(*overrides)
+    assert f"note: study '{name}' already exists in MLflow (2 search run(s): adding/nfg, adding/vanilla)" in again.describe()
+    with pytest.raises(ConfigError, match=r"already has (a sweep|Ray Tune state).*resume=true") as refused:
+        again.run()
+    assert "\n" not in str(refused.value)
     handle = od.study(*overrides, "resume=true")
     trials = handle.trials()
     assert len(trials) == 6 and set(trials["status"]) == {STATUS_COMPLETED}

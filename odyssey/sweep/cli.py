@@ -66,12 +66,14 @@ def sweep_main(argv: Sequence[str]) -> int:
         if dry_run:  # every check that needs no cluster and no tracking server, and the plan
             from odyssey.sweep.runner import check_sweep_locally
 
+            from odyssey.sweep.identity import existing_study_note
+
             check_sweep_locally(sweep)
             print(describe_sweep(sweep))
-            for warning in sweep.warnings:
+            note = existing_study_note(sweep) if not sweep.resume else None
+            for warning in [*sweep.warnings, *([note] if note else [])]:
                 print(f"warning: {warning}", file=sys.stderr)
             return 0
-        _loopback_if_local(overrides)
         from odyssey.sweep.runner import run_sweep
 
         run_sweep(sweep)
@@ -108,59 +110,6 @@ def _which_odyssey() -> str:
     folders = [str(d) for d in user_config_dirs()]
     where = f"config folders {', '.join(folders)}, then the package's {config_dir()}" if folders else f"configs {config_dir()}"
     return f"odyssey {odyssey.__version__} from {Path(odyssey.__file__).resolve().parent}; {where}"
-
-
-def _loopback_if_local(overrides: list[str]) -> None:
-    """Keep Ray on 127.0.0.1 where it is meant to be there. Must run before Ray is imported.
-
-    On Linux Ray turns 127.0.0.1 (and localhost) into the machine's outward address, in
-    ``ray.init``'s address and its node IP alike (``ray/_private/services.py``:
-    ``resolve_ip_for_localhost``), unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``. So that switch
-    is set for a runtime this command starts itself (no ``ray.address``, no ``$RAY_ADDRESS``), and
-    for a configured loopback address (``127.0.0.1:PORT``) whose head listens on loopback only
-    (``ray start --head --node-ip-address 127.0.0.1`` under that switch): the outward address
-    would not reach it. A head that also listens on the outward address, an explicit setting of
-    the switch, and the driver of a Ray job (it inherits the head's environment) are left alone."""
-    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
-        return
-    address = None
-    for o in overrides:  # the last ray.address=... wins, as in Hydra
-        key, _, value = o.lstrip("+").partition("=")
-        if key == "ray.address":
-            address = None if value in ("", "null", "None") else value
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address in (None, "local") or _loopback_only(address):
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-
-def _loopback_only(address: str) -> bool:
-    """Whether ``address`` is ``127.0.0.1:PORT`` / ``localhost:PORT`` / ``[::1]:PORT`` and nothing
-    answers at PORT on the machine's outward address (where Ray would otherwise send it)."""
-    import socket
-    from urllib.parse import urlparse
-
-    if "://" in address:
-        return False
-    try:
-        parsed = urlparse(f"ray://{address}")
-        host, port = parsed.hostname, parsed.port
-    except ValueError:
-        return False
-    if host not in ("127.0.0.1", "localhost", "::1") or not port:
-        return False
-    try:  # the address Ray would pick: the source address of a route to the internet (no packet sent)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.connect(("8.8.8.8", 53))
-            outward = udp.getsockname()[0]
-    except OSError:
-        return True
-    if outward.startswith("127."):
-        return True
-    try:
-        with socket.create_connection((outward, port), timeout=2):
-            return False  # the head listens there too: Ray's own rewrite reaches it
-    except OSError:
-        return True
 
 
 def main() -> None:  # ``python -m odyssey.sweep.cli``

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from odyssey.errors import ServiceError
 
-__all__ = ["auth_headers", "connect", "secure_token_file", "token_error"]
+__all__ = ["auth_headers", "connect", "loopback_if_local", "secure_token_file", "token_error"]
 
 _SHARE = (
     "use the head's token (`ray get-auth-token` on the head prints it) as RAY_AUTH_TOKEN, "
@@ -53,6 +53,56 @@ def connect(address: str | None, *, runtime_env: dict | None = None) -> bool:
             raise ServiceError(token_error(target)) from None
         raise
     return True
+
+
+def loopback_if_local(address: str | None) -> None:
+    """Keep Ray on 127.0.0.1 where it is meant to be there. Must run before Ray is imported:
+    ``run_sweep`` calls it first, for ``odyssey sweep`` and ``od.study(...).run()`` alike (measured
+    in a notebook without it: the local runtime's driver waited for a GCS on the outward address).
+
+    On Linux Ray turns 127.0.0.1 (and localhost) into the machine's outward address, in
+    ``ray.init``'s address and its node IP alike (``ray/_private/services.py``:
+    ``resolve_ip_for_localhost``), unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``. So that switch
+    is set for a runtime this command starts itself (no ``ray.address``, no ``$RAY_ADDRESS``), and
+    for a configured loopback address (``127.0.0.1:PORT``) whose head listens on loopback only
+    (``ray start --head --node-ip-address 127.0.0.1`` under that switch): the outward address
+    would not reach it. A head that also listens on the outward address, an explicit setting of
+    the switch, and the driver of a Ray job (it inherits the head's environment) are left alone."""
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address in (None, "local") or _loopback_only(address):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def _loopback_only(address: str) -> bool:
+    """Whether ``address`` is ``127.0.0.1:PORT`` / ``localhost:PORT`` / ``[::1]:PORT`` and nothing
+    answers at PORT on the machine's outward address (where Ray would otherwise send it)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if "://" in address:
+        return False
+    try:
+        parsed = urlparse(f"ray://{address}")
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        return False
+    if host not in ("127.0.0.1", "localhost", "::1") or not port:
+        return False
+    try:  # the address Ray would pick: the source address of a route to the internet (no packet sent)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.connect(("8.8.8.8", 53))
+            outward = udp.getsockname()[0]
+    except OSError:
+        return True
+    if outward.startswith("127."):
+        return True
+    try:
+        with socket.create_connection((outward, port), timeout=2):
+            return False  # the head listens there too: Ray's own rewrite reaches it
+    except OSError:
+        return True
 
 
 def secure_token_file(*, create: bool = False) -> Path | None:

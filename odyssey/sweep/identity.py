@@ -36,7 +36,7 @@ from odyssey.errors import ConfigError, ServiceError
 from odyssey.run_schema import TAG_BUDGET, TAG_EXTENSIONS, TAG_LEASE, TAG_STORAGE, record_differences  # experiment tags
 
 __all__ = [
-    "Lease", "TAG_BUDGET", "TAG_LEASE", "TAG_STORAGE", "acquire_lease", "budget_of", "claim", "extension_number",
+    "Lease", "TAG_BUDGET", "TAG_LEASE", "TAG_STORAGE", "acquire_lease", "budget_of", "claim", "existing_study_note", "extension_number",
     "read_lease", "release_lease", "renew_lease", "search_budget",
 ]  # fmt: skip
 
@@ -135,6 +135,34 @@ def claim(sweep, tracking_uri: str, experiment_id: str) -> Iterator[Path]:
         stop.set()
         beat.join(timeout=5)
         release_lease(mlf, experiment_id, lease)
+
+
+def existing_study_note(sweep) -> str | None:
+    """One line when the study already has a sweep in its tracking store (what a run without
+    ``resume=true`` would refuse), else None; best effort: a store that cannot be read says nothing
+    (``odyssey sweep --dry-run`` and ``describe()`` must not need the tracking server)."""
+    from pathlib import Path
+
+    uri = sweep.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return None
+    try:
+        from odyssey.run_schema import check_store
+        from odyssey.sweep import mlflow_runs
+
+        check_store(uri, existing=True, timeout=2.0)
+        mlf = mlflow_runs.client(uri)
+        exp = mlf.get_experiment_by_name(sweep.study.name)
+        searches = _recorded_searches(mlf, exp.experiment_id) if exp is not None and exp.lifecycle_stage == "active" else []
+    except Exception:  # noqa: BLE001 - an unreadable store is the real run's to report
+        return None
+    if not searches:
+        return None
+    shown = ", ".join(sorted(f"{t}/{v}" for t, v in searches))
+    return (
+        f"study {sweep.study.name!r} already exists in MLflow ({len(searches)} search run(s): {shown}): running it again "
+        "is refused; continue it with resume=true, add variants with study.extend=true, or pick another study.name"
+    )
 
 
 def _recorded_searches(mlf, experiment_id: str) -> list[tuple[str, str]]:

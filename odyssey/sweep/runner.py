@@ -103,6 +103,9 @@ def check_ray_address(address: str | None, *, timeout: float = 3.0) -> None:
 
 def run_sweep(sweep: SweepConfig) -> list[SearchOutcome]:
     """Run every search of ``sweep`` (see the module docstring)."""
+    from odyssey.sweep.connect import loopback_if_local
+
+    loopback_if_local(sweep.ray_address)  # before Ray is imported
     import ray
 
     if not interrupts.handling_signals():  # else `odyssey sweep` handles them since its first line
