@@ -1,0 +1,451 @@
+"""``task=sequences``: your own sequence data, from files, with no code.
+
+Files (:mod:`odyssey.tasks.sequence_files`): ``task.train``, ``task.valid``, ``task.test``, each an
+npz, Parquet or Arrow file, a Hugging Face ``datasets`` ``save_to_disk`` folder, or a UEA/UCR
+``.ts`` file. A null ``valid`` (``test``) is carved from the training file: ``valid_fraction``
+(``test_fraction``) of its sequences, drawn with ``split_seed``, per class for
+``sequence_class`` targets (stratified; every class keeps at least one training sequence).
+
+Targets (``task.target``), with output size O:
+
+* ``sequence_class``: one label per sequence, predicted by the output at its last step.
+  Loss: softmax cross-entropy ``-log softmax(y_T)[c]``. Metrics: ``error`` (primary, the fraction
+  of misclassified sequences) and ``loss`` (the mean cross-entropy per sequence). O = classes.
+* ``step_class``: a label per step (frames, as TIMIT): the same loss at every step; ``error`` is
+  the fraction of misclassified steps, ``loss`` the mean cross-entropy per step.
+* ``sequence_regression``, ``step_regression``: a number or a vector of D numbers per sequence
+  (from the last step) or per step. Loss: the squared error summed over the D outputs. Metric
+  ``mse``: the mean squared error per value, ``sum (y - t)^2 / (scored steps * D)``. O = D.
+* ``next_step_binary``: the inputs are binary vectors (0/1) and step t predicts step t+1 with
+  independent Bernoulli outputs, as JSB: inputs steps 0..T-2, targets steps 1..T-1. Loss the
+  Bernoulli NLL summed over the F outputs; metric ``nll`` per predicted step. O = F.
+
+Labels may be ints or strings. The classes are the training file's labels, sorted (numerically
+when every label is an integer); a validation or test label missing from them is refused, named.
+
+Preprocessing, in this order: every ``subsample``-th step (from step 0); the first ``max_length``
+steps; with ``normalize`` (the default) each input feature standardised with the training split's
+mean and std over all its steps, ``(x - mean) / std`` (std 0 -> 1). ``next_step_binary`` targets
+are the raw binary steps. The statistics are :attr:`SequencesTask.normalization`.
+
+Parsing runs once per file and node: the arrays are kept in the verified feature cache
+(:func:`odyssey.tasks.cache.cached_arrays`), keyed by the file's path, size and mtime and the
+reading settings (``target``, the column names); carving, preprocessing and the classes are
+recomputed from the cached arrays at each build (cheap).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from odyssey.errors import ConfigError, DataError
+from odyssey.tasks import TaskConfig, register
+from odyssey.tasks.base import (
+    SPLITS,
+    Batch,
+    Sequence,
+    Task,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    class_errors,
+    frame_cross_entropy,
+    masked,
+    scored_count,
+)
+from odyssey.tasks.cache import cached_arrays, fingerprint
+from odyssey.tasks.jsb import JSBTask
+from odyssey.tasks.sequence_files import RawSplit, check_inputs, data_files, read_sequences
+
+__all__ = ["TARGETS", "ClassTask", "NextStepBinaryTask", "RegressionTask", "SequencesConfig", "SequencesTask"]
+
+TARGETS = ("sequence_class", "step_class", "sequence_regression", "step_regression", "next_step_binary")
+READER_VERSION = 1  # part of the cache key: bump when a reader's output changes
+
+
+@register("sequences")
+@dataclass(frozen=True)
+class SequencesConfig(TaskConfig):
+    """Config of ``task=sequences`` (see the module docstring).
+
+    Attributes:
+        train, valid, test: paths of the splits' files (made absolute; a relative path is taken
+            from ``$ODYSSEY_DATA_DIR`` when set, else the current directory). ``train`` is required.
+        target: one of :data:`TARGETS`.
+        inputs_column, target_column: the columns of a Parquet/Arrow file or ``datasets`` folder.
+        valid_fraction, test_fraction: the share of the training file carved out for a null
+            ``valid`` / ``test`` (in (0, 1); unused when the file is given).
+        split_seed: the seed of that carving.
+        normalize: standardise the inputs per feature with the training split's mean and std.
+        max_length: keep only the first ``max_length`` steps of each sequence (null: all).
+        subsample: keep every ``subsample``-th step (1: all).
+        cache_dir: the parsed-file cache; null = ``$ODYSSEY_CACHE_DIR`` or ``~/.cache/odyssey/features``.
+    """
+
+    name: str = "sequences"
+    train: str | None = None
+    valid: str | None = None
+    test: str | None = None
+    target: str = "sequence_class"
+    inputs_column: str = "inputs"
+    target_column: str = "targets"
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    normalize: bool = True
+    max_length: int | None = None
+    subsample: int = 1
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("name", self.name, ("sequences",))
+        check_choice("target", self.target, TARGETS)
+        for key in ("valid_fraction", "test_fraction"):
+            value = check_float(key, getattr(self, key), low=0.0, high=1.0)
+            if not 0.0 < value < 1.0:
+                raise ConfigError(f"task.{key}={value!r} is invalid: expected a number in (0, 1)")
+            object.__setattr__(self, key, value)
+        if self.valid_fraction + self.test_fraction >= 1.0:
+            raise ConfigError(
+                f"task.valid_fraction={self.valid_fraction} + task.test_fraction={self.test_fraction} is invalid: "
+                "expected a sum < 1 (the training split keeps the rest)"
+            )
+        check_int("split_seed", self.split_seed, low=0)
+        check_bool("normalize", self.normalize)
+        if self.max_length is not None:
+            check_int("max_length", self.max_length, low=1)
+        check_int("subsample", self.subsample, low=1)
+        for key in ("inputs_column", "target_column"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise ConfigError(f"task.{key}={getattr(self, key)!r} is invalid: expected a column name")
+        for key in ("train", "valid", "test", "cache_dir"):
+            value = getattr(self, key)
+            if value is not None:
+                object.__setattr__(self, key, str(_absolute(str(value))))
+
+    @property
+    def per_step(self) -> bool:
+        return self.target.startswith("step_")
+
+    @property
+    def is_class(self) -> bool:
+        return self.target.endswith("_class")
+
+    def build(self) -> SequencesTask:
+        if self.train is None:
+            raise ConfigError(
+                "task.train is not set: task=sequences needs task.train=PATH (npz, Parquet, Arrow, a datasets "
+                "folder or a .ts file); task.valid and task.test are optional"
+            )
+        raw = {s: self._load(Path(getattr(self, s))) for s in SPLITS if getattr(self, s) is not None}
+        where = {s: Path(getattr(self, s)) for s in raw}
+        classes = None
+        if self.is_class:
+            classes = _classes(raw["train"].targets, where["train"], raw["train"].locate)
+        carved = _carve(raw["train"], self, classes)
+        for split, part in carved.items():
+            if split not in raw:
+                raw[split], where[split] = part, where["train"]
+        raw["train"] = carved["train"]
+        width = raw["train"].inputs.shape[1]
+        for split in ("valid", "test"):
+            if raw[split].inputs.shape[1] != width:
+                raise DataError(
+                    f"{where[split]}: {raw[split].inputs.shape[1]} input features, but the training file {where['train']} "
+                    f"has {width} (mixed feature counts)"
+                )
+        sequences = {s: _sequences(raw[s], where[s], self, classes) for s in SPLITS}
+        stats = None
+        if self.normalize:
+            stats = _normalise(sequences)
+        return make_task(self, sequences, width, classes, stats)
+
+    def _load(self, path: Path) -> RawSplit:
+        """The file's arrays, parsed once per node (the cache), checked."""
+        if not path.exists():
+            raise DataError(f"{path}: no such file (task.{self._key_of(path)})")
+        files = data_files(path)
+        root = path if path.is_dir() else path.parent
+        key = {
+            "reader": READER_VERSION, "path": str(path), "files": fingerprint(root, files), "count": len(files),
+            "target": self.target, "inputs_column": self.inputs_column, "target_column": self.target_column,
+        }  # fmt: skip
+        holder: dict[str, RawSplit] = {}
+
+        def parse() -> dict[str, np.ndarray]:
+            raw = read_sequences(
+                path, per_step=self.per_step, needs_targets=self.target != "next_step_binary",
+                inputs_column=self.inputs_column, target_column=self.target_column,
+            )  # fmt: skip
+            holder["raw"] = raw
+            targets = raw.targets if raw.targets is not None else np.zeros(0)
+            return {"inputs": raw.inputs, "lengths": raw.lengths, "targets": targets, "has_targets": np.array(raw.targets is not None)}
+
+        arrays = cached_arrays("sequences", key, parse, directory=self.cache_dir)
+        if "raw" in holder:
+            return holder["raw"]
+        # From the cache: only the row names are lost; a .ts file's lines are counted from 1.
+        locate = (lambda i: f"case {i}") if path.suffix.lower() == ".ts" else (lambda i: f"row {i}")
+        targets = arrays["targets"] if bool(arrays["has_targets"]) else None
+        raw = RawSplit(arrays["inputs"], arrays["lengths"], targets, locate)
+        check_inputs(path, raw)
+        return raw
+
+    def _key_of(self, path: Path) -> str:
+        return next((s for s in SPLITS if getattr(self, s) == str(path)), "train")
+
+
+def _absolute(value: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_absolute() and os.environ.get("ODYSSEY_DATA_DIR"):
+        path = Path(os.environ["ODYSSEY_DATA_DIR"]).expanduser() / path
+    return path.resolve()
+
+
+# --------------------------------------------------------------------------------------------
+# Labels, carving, preprocessing
+
+
+def _label_strings(targets: np.ndarray, path: Path, locate) -> np.ndarray:
+    """Labels as strings; floats must be whole numbers, one label per row."""
+    if targets.ndim != 1:
+        raise DataError(
+            f"{path}: targets have shape {targets.shape}; a class target needs one integer or string label per row"
+        )
+    if targets.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(targets) | (targets != np.round(targets)))
+        if bad.size:
+            raise DataError(
+                f"{path}, {locate(int(bad[0]))}: target {targets[bad[0]].item()!r} is not a class label (an integer or a "
+                "string); use task.target=sequence_regression or step_regression for numbers"
+            )
+        targets = targets.astype(np.int64)
+    if targets.dtype.kind not in "iubU":
+        raise DataError(f"{path}: targets have dtype {targets.dtype}; expected integer or string labels")
+    return targets.astype(str)
+
+
+def _sort_key(labels: list[str]):
+    try:
+        return sorted(labels, key=int)
+    except ValueError:
+        return sorted(labels)
+
+
+def _classes(targets: np.ndarray, path: Path, locate) -> tuple[str, ...]:
+    labels = _label_strings(targets, path, locate)
+    return tuple(_sort_key([str(c) for c in np.unique(labels)]))
+
+
+def _carve(raw: RawSplit, cfg: SequencesConfig, classes) -> dict[str, RawSplit]:
+    """Split the training file into train and the null ``valid``/``test`` splits (by sequence)."""
+    wanted = {s: getattr(cfg, f"{s}_fraction") for s in ("valid", "test") if getattr(cfg, s) is None}
+    if not wanted:
+        return {"train": raw}
+    n = len(raw.lengths)
+    rng = np.random.default_rng([cfg.split_seed, 7])
+    if classes is not None and not cfg.per_step:
+        labels = _label_strings(raw.targets, Path(cfg.train), raw.locate)
+        groups = [np.flatnonzero(labels == c) for c in classes]
+    else:
+        groups = [np.arange(n)]
+    picked: dict[str, list[np.ndarray]] = {s: [] for s in wanted}
+    keep = []
+    for members in groups:
+        members = rng.permutation(members)
+        start = 0
+        for split, fraction in wanted.items():
+            k = min(int(round(fraction * len(members))), max(len(members) - start - 1, 0))
+            picked[split].append(members[start : start + k])
+            start += k
+        keep.append(members[start:])
+    out = {"train": _subset(raw, np.sort(np.concatenate(keep)), cfg.per_step)}
+    for split in wanted:
+        index = np.sort(np.concatenate(picked[split]))
+        if index.size == 0:
+            raise DataError(
+                f"{cfg.train}: task.{split}_fraction={wanted[split]} of its {n} sequences leaves the {split} split "
+                f"empty (an empty split); give task.{split}=PATH or a larger fraction"
+            )
+        out[split] = _subset(raw, index, cfg.per_step)
+    return out
+
+
+def _subset(raw: RawSplit, index: np.ndarray, per_step: bool) -> RawSplit:
+    offsets = raw.offsets
+    steps = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in index]) if index.size else np.zeros(0, np.int64)
+    targets = raw.targets
+    if targets is not None:
+        targets = targets[steps] if per_step else targets[index]
+    return RawSplit(raw.inputs[steps], raw.lengths[index], targets, lambda i, f=raw.locate: f(int(index[i])))
+
+
+def _sequences(raw: RawSplit, path: Path, cfg: SequencesConfig, classes) -> list[Sequence]:
+    """The split's examples after subsampling and truncation (not yet normalised)."""
+    n, offsets = len(raw.lengths), raw.offsets
+    total = int(offsets[-1])
+    targets = raw.targets
+    if cfg.target != "next_step_binary":
+        rows = total if cfg.per_step else n
+        if targets is None or len(targets) != rows:
+            have = "no targets" if targets is None else f"{len(targets)} targets"
+            per = f"one per step (the lengths sum to {total})" if cfg.per_step else f"one per sequence ({n})"
+            raise DataError(f"{path}: {have}, but task.target={cfg.target} needs {per}")
+        if cfg.is_class:
+            labels = _label_strings(targets, path, raw.locate if not cfg.per_step else (lambda s: f"step {s}"))
+            index = {c: i for i, c in enumerate(classes)}
+            unseen = np.flatnonzero(~np.isin(labels, np.asarray(classes, dtype=str)))
+            if unseen.size:
+                i = int(unseen[0])
+                row = raw.locate(i) if not cfg.per_step else f"{raw.locate(int(np.searchsorted(offsets, i, side='right') - 1))}"
+                raise DataError(
+                    f"{path}, {row}: label {str(labels[i])!r} is not among the training split's classes {list(classes)}"
+                )
+            targets = np.vectorize(index.__getitem__, otypes=[np.int64])(labels) if len(labels) else labels.astype(np.int64)
+        else:
+            if targets.dtype.kind not in "fiub":
+                raise DataError(
+                    f"{path}: targets are {targets.dtype} ({targets.reshape(-1)[0].item()!r}); task.target={cfg.target} needs "
+                    "numbers (use sequence_class or step_class for labels)"
+                )
+            targets = targets.astype(np.float32).reshape(len(targets), -1)
+            bad = np.flatnonzero(~np.isfinite(targets).all(axis=1))
+            if bad.size:
+                raise DataError(f"{path}, {'step' if cfg.per_step else raw.locate(int(bad[0]))}: target is NaN or inf")
+    else:
+        binary = np.isin(raw.inputs, (0.0, 1.0))
+        if not binary.all():
+            step = int(np.argwhere(~binary)[0][0])
+            i = int(np.searchsorted(offsets, step, side="right") - 1)
+            raise DataError(
+                f"{path}, {raw.locate(i)}, step {step - offsets[i]}: input {raw.inputs[step][~binary[step]][0].item()!r} is not 0 or 1; "
+                "task.target=next_step_binary predicts binary vectors"
+            )
+    out = []
+    k, limit = cfg.subsample, cfg.max_length
+    for i in range(n):
+        lo, hi = int(offsets[i]), int(offsets[i + 1])
+        x = raw.inputs[lo:hi:k][:limit]
+        t = len(x)
+        if cfg.target == "next_step_binary":
+            if t < 2:
+                raise DataError(f"{path}, {raw.locate(i)}: {t} step(s) after preprocessing; next_step_binary needs >= 2")
+            xt = torch.from_numpy(np.ascontiguousarray(x))
+            out.append(Sequence(xt[:-1].clone(), xt[1:].clone(), torch.ones(t - 1, dtype=torch.bool)))
+            continue
+        inputs = torch.from_numpy(np.ascontiguousarray(x))
+        if cfg.per_step:
+            y = torch.from_numpy(np.ascontiguousarray(targets[lo:hi:k][:limit]))
+            mask = torch.ones(t, dtype=torch.bool)
+        else:
+            mask = torch.zeros(t, dtype=torch.bool)
+            mask[-1] = True  # the last (valid) step's output
+            if cfg.is_class:
+                y = torch.full((t,), int(targets[i]), dtype=torch.int64)
+            else:
+                y = torch.zeros(t, targets.shape[1])
+                y[-1] = torch.from_numpy(targets[i])
+        out.append(Sequence(inputs, y, mask))
+    return out
+
+
+def _normalise(sequences: dict[str, list[Sequence]]) -> dict[str, list[float]]:
+    """Standardise every split's inputs in place with the training split's per-feature statistics."""
+    train = torch.cat([s.inputs for s in sequences["train"]]).double()
+    mean, std = train.mean(dim=0), train.std(dim=0, unbiased=False)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    for split in SPLITS:
+        sequences[split] = [
+            Sequence(((s.inputs.double() - mean) / std).float(), s.targets, s.mask) for s in sequences[split]
+        ]
+    return {"mean": mean.tolist(), "std": std.tolist()}
+
+
+# --------------------------------------------------------------------------------------------
+# Tasks
+
+
+def make_task(cfg: SequencesConfig, splits, width: int, classes, stats) -> SequencesTask:
+    if cfg.is_class:
+        return ClassTask(splits, input_size=width, classes=classes, target=cfg.target, normalization=stats)
+    if cfg.target == "next_step_binary":
+        return NextStepBinaryTask(splits, input_size=width, normalization=stats)
+    return RegressionTask(splits, input_size=width, target=cfg.target, normalization=stats)
+
+
+class SequencesTask(Task):
+    """The shared part: ``name``, the target kind, the classes (or None) and the input statistics."""
+
+    name = "sequences"
+
+    def __init__(self, splits, *, input_size: int, output_size: int, target: str, classes=None, normalization=None):
+        self.input_size, self.output_size, self.target = input_size, output_size, target
+        self.classes = classes
+        self.normalization = normalization  # {"mean": [F], "std": [F]} or None
+        super().__init__(splits)
+
+
+class ClassTask(SequencesTask):
+    """``sequence_class`` and ``step_class``: softmax cross-entropy; ``error`` (worst 1) and
+    ``loss`` (mean cross-entropy per scored step; worst ln C, a uniform guess)."""
+
+    metric_names: ClassVar[tuple[str, ...]] = ("error", "loss")
+    primary_metric: ClassVar[str] = "error"
+    lower_is_better: ClassVar[bool] = True
+    worst_value: ClassVar[float] = 1.0
+
+    def __init__(self, splits, *, input_size: int, classes, target: str, normalization=None):
+        super().__init__(splits, input_size=input_size, output_size=len(classes), target=target, classes=classes, normalization=normalization)
+        self.worst_values = {"loss": math.log(max(len(classes), 2))}
+
+    def step_losses(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return frame_cross_entropy(outputs, batch.targets, batch.mask)
+
+    def metric_totals(self, outputs: torch.Tensor, batch: Batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        wrong, count = class_errors(outputs, batch.targets, batch.mask)
+        ce = frame_cross_entropy(outputs.detach().double(), batch.targets, batch.mask)
+        return {"error": (wrong, count), "loss": (ce.sum(dim=(-2, -1)), count)}
+
+
+class RegressionTask(SequencesTask):
+    """``sequence_regression`` and ``step_regression``: squared error summed over the D outputs;
+    ``mse`` per value. Worst (a diverged trial): the larger of 1 and the mse of predicting 0."""
+
+    metric_names: ClassVar[tuple[str, ...]] = ("mse",)
+    primary_metric: ClassVar[str] = "mse"
+    lower_is_better: ClassVar[bool] = True
+
+    def __init__(self, splits, *, input_size: int, target: str, normalization=None):
+        width = int(splits["train"][0].targets.shape[-1])
+        super().__init__(splits, input_size=input_size, output_size=width, target=target, normalization=normalization)
+        zero = max(
+            float(torch.cat([s.targets[s.mask] for s in seqs]).double().pow(2).mean()) for seqs in splits.values()
+        )
+        self.worst_value = max(1.0, zero)
+
+    def _errors(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """(..., T, B, D) prediction errors, 0 on unscored steps."""
+        return masked(outputs - batch.targets, batch.mask.unsqueeze(-1))
+
+    def step_losses(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return self._errors(outputs, batch).pow(2).sum(dim=-1)
+
+    def metric_totals(self, outputs: torch.Tensor, batch: Batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        squared = self._errors(outputs.detach().double(), batch).pow(2).sum(dim=-1)  # (..., T, B)
+        return {"mse": (squared.sum(dim=(-2, -1)), scored_count(batch.mask, squared) * self.output_size)}
+
+
+class NextStepBinaryTask(SequencesTask, JSBTask):
+    """``next_step_binary``: JSB's loss and ``nll`` metric over F binary outputs (worst F ln 2)."""
+
+    def __init__(self, splits, *, input_size: int, normalization=None):
+        super().__init__(splits, input_size=input_size, output_size=input_size, target="next_step_binary", normalization=normalization)
+        self.worst_value = input_size * math.log(2.0)
