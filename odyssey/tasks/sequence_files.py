@@ -127,12 +127,16 @@ def check_inputs(path: Path, raw: RawSplit) -> None:
 
 
 def _read_npz(path: Path, per_step: bool, needs_targets: bool) -> RawSplit:
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":
+        raise DataError(f"{path}: a single .npy array, not an npz archive of inputs, lengths and targets")
+    if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise DataError(f"{path}: not an npz archive (a zip of .npy arrays), though its suffix says so")
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{path}: not an npz archive, though its suffix says so ({type(exc).__name__}: {exc})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: a single .npy array, not an npz archive of inputs, lengths and targets")
     with archive:
         required = ("inputs", "lengths") + (("targets",) if needs_targets else ())
         missing = [k for k in required if k not in archive.files]
