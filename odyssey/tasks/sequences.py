@@ -162,10 +162,9 @@ class SequencesConfig(TaskConfig):
                     f"{where[split]}: {raw[split].inputs.shape[1]} input features, but the training file {where['train']} "
                     f"has {width} (mixed feature counts)"
                 )
-        sequences = {s: _sequences(raw[s], where[s], self, classes) for s in SPLITS}
-        stats = None
-        if self.normalize:
-            stats = _normalise(sequences)
+        steps = {s: _steps(raw[s], where[s], self, classes) for s in SPLITS}
+        stats = _statistics(steps["train"].inputs) if self.normalize else None
+        sequences = {s: _sequences(steps[s], self, stats) for s in SPLITS}
         return make_task(self, sequences, width, classes, stats)
 
     def _load(self, path: Path) -> RawSplit:
@@ -280,16 +279,22 @@ def _carve(raw: RawSplit, cfg: SequencesConfig, classes) -> dict[str, RawSplit]:
 
 
 def _subset(raw: RawSplit, index: np.ndarray, per_step: bool) -> RawSplit:
-    offsets = raw.offsets
-    steps = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in index]) if index.size else np.zeros(0, np.int64)
+    steps = _ranges(raw.offsets[index], raw.lengths[index])
     targets = raw.targets
     if targets is not None:
         targets = targets[steps] if per_step else targets[index]
     return RawSplit(raw.inputs[steps], raw.lengths[index], targets, lambda i, f=raw.locate: f(int(index[i])))
 
 
-def _sequences(raw: RawSplit, path: Path, cfg: SequencesConfig, classes) -> list[Sequence]:
-    """The split's examples after subsampling and truncation (not yet normalised)."""
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The step indices ``start, start + 1, ..., start + length - 1`` of each sequence, concatenated."""
+    ends = np.cumsum(lengths)
+    return np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(starts - (ends - lengths), lengths)
+
+
+def _steps(raw: RawSplit, path: Path, cfg: SequencesConfig, classes) -> RawSplit:
+    """The split's targets checked and mapped (class indices, float32 values), then every
+    ``subsample``-th step of each sequence kept, and its first ``max_length``; not normalised."""
     n, offsets = len(raw.lengths), raw.offsets
     total = int(offsets[-1])
     targets = raw.targets
@@ -299,17 +304,17 @@ def _sequences(raw: RawSplit, path: Path, cfg: SequencesConfig, classes) -> list
             have = "no targets" if targets is None else f"{len(targets)} targets"
             per = f"one per step (the lengths sum to {total})" if cfg.per_step else f"one per sequence ({n})"
             raise DataError(f"{path}: {have}, but task.target={cfg.target} needs {per}")
+        row_of = (lambda s: raw.locate(int(np.searchsorted(offsets, s, side="right") - 1))) if cfg.per_step else raw.locate
         if cfg.is_class:
-            labels = _label_strings(targets, path, raw.locate if not cfg.per_step else (lambda s: f"step {s}"))
-            index = {c: i for i, c in enumerate(classes)}
+            labels = _label_strings(targets, path, row_of)
             unseen = np.flatnonzero(~np.isin(labels, np.asarray(classes, dtype=str)))
             if unseen.size:
                 i = int(unseen[0])
-                row = raw.locate(i) if not cfg.per_step else f"{raw.locate(int(np.searchsorted(offsets, i, side='right') - 1))}"
                 raise DataError(
-                    f"{path}, {row}: label {str(labels[i])!r} is not among the training split's classes {list(classes)}"
+                    f"{path}, {row_of(i)}: label {str(labels[i])!r} is not among the training split's classes {list(classes)}"
                 )
-            targets = np.vectorize(index.__getitem__, otypes=[np.int64])(labels) if len(labels) else labels.astype(np.int64)
+            order = np.argsort(np.asarray(classes, dtype=str))
+            targets = order[np.searchsorted(np.asarray(classes, dtype=str)[order], labels)].astype(np.int64)
         else:
             if targets.dtype.kind not in "fiub":
                 raise DataError(
@@ -319,7 +324,7 @@ def _sequences(raw: RawSplit, path: Path, cfg: SequencesConfig, classes) -> list
             targets = targets.astype(np.float32).reshape(len(targets), -1)
             bad = np.flatnonzero(~np.isfinite(targets).all(axis=1))
             if bad.size:
-                raise DataError(f"{path}, {'step' if cfg.per_step else raw.locate(int(bad[0]))}: target is NaN or inf")
+                raise DataError(f"{path}, {row_of(int(bad[0]))}: the target is NaN or inf")
     else:
         binary = np.isin(raw.inputs, (0.0, 1.0))
         if not binary.all():
@@ -329,44 +334,55 @@ def _sequences(raw: RawSplit, path: Path, cfg: SequencesConfig, classes) -> list
                 f"{path}, {raw.locate(i)}, step {step - offsets[i]}: input {raw.inputs[step][~binary[step]][0].item()!r} is not 0 or 1; "
                 "task.target=next_step_binary predicts binary vectors"
             )
-    out = []
-    k, limit = cfg.subsample, cfg.max_length
-    for i in range(n):
-        lo, hi = int(offsets[i]), int(offsets[i + 1])
-        x = raw.inputs[lo:hi:k][:limit]
-        t = len(x)
-        if cfg.target == "next_step_binary":
-            if t < 2:
-                raise DataError(f"{path}, {raw.locate(i)}: {t} step(s) after preprocessing; next_step_binary needs >= 2")
-            xt = torch.from_numpy(np.ascontiguousarray(x))
-            out.append(Sequence(xt[:-1].clone(), xt[1:].clone(), torch.ones(t - 1, dtype=torch.bool)))
-            continue
-        inputs = torch.from_numpy(np.ascontiguousarray(x))
+    lengths = raw.lengths
+    if cfg.subsample > 1 or cfg.max_length is not None:
+        keep = [np.arange(offsets[i], offsets[i + 1], cfg.subsample)[: cfg.max_length] for i in range(n)]
+        lengths = np.array([len(k) for k in keep], dtype=np.int64)
+        index = np.concatenate(keep)
+        inputs = raw.inputs[index]
         if cfg.per_step:
-            y = torch.from_numpy(np.ascontiguousarray(targets[lo:hi:k][:limit]))
-            mask = torch.ones(t, dtype=torch.bool)
+            targets = targets[index]
+    else:
+        inputs = raw.inputs
+    if cfg.target == "next_step_binary" and (lengths < 2).any():
+        i = int(np.flatnonzero(lengths < 2)[0])
+        raise DataError(f"{path}, {raw.locate(i)}: {lengths[i]} step(s) after preprocessing; next_step_binary needs >= 2")
+    return RawSplit(inputs, lengths, targets, raw.locate)
+
+
+def _statistics(inputs: np.ndarray) -> dict[str, list[float]]:
+    """Per-feature mean and std (population) of the training steps; a std of 0 becomes 1."""
+    mean = inputs.mean(axis=0, dtype=np.float64)
+    std = np.sqrt(((inputs - mean) ** 2).mean(axis=0))
+    return {"mean": mean.tolist(), "std": np.where(std > 0, std, 1.0).tolist()}
+
+
+def _sequences(steps: RawSplit, cfg: SequencesConfig, stats) -> list[Sequence]:
+    """The split's examples: inputs (T, F) normalised with ``stats`` (None: as they are), targets
+    and the scored steps as the target kind says (module docstring)."""
+    x = steps.inputs
+    if stats is not None:
+        x = (x - np.asarray(stats["mean"], np.float32)) / np.asarray(stats["std"], np.float32)
+    sizes = steps.lengths.tolist()
+    inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).split(sizes)
+    if cfg.target == "next_step_binary":
+        raw = torch.from_numpy(np.ascontiguousarray(steps.inputs, dtype=np.float32)).split(sizes)
+        return [Sequence(i[:-1], r[1:], torch.ones(len(i) - 1, dtype=torch.bool)) for i, r in zip(inputs, raw)]
+    if cfg.per_step:
+        targets = torch.from_numpy(np.ascontiguousarray(steps.targets)).split(sizes)
+        return [Sequence(i, y, torch.ones(len(i), dtype=torch.bool)) for i, y in zip(inputs, targets)]
+    out = []
+    for i, y in zip(inputs, steps.targets):
+        t = len(i)
+        mask = torch.zeros(t, dtype=torch.bool)
+        mask[-1] = True  # the last (valid) step's output
+        if cfg.is_class:
+            target = torch.full((t,), int(y), dtype=torch.int64)
         else:
-            mask = torch.zeros(t, dtype=torch.bool)
-            mask[-1] = True  # the last (valid) step's output
-            if cfg.is_class:
-                y = torch.full((t,), int(targets[i]), dtype=torch.int64)
-            else:
-                y = torch.zeros(t, targets.shape[1])
-                y[-1] = torch.from_numpy(targets[i])
-        out.append(Sequence(inputs, y, mask))
+            target = torch.zeros(t, len(y))
+            target[-1] = torch.from_numpy(y)
+        out.append(Sequence(i, target, mask))
     return out
-
-
-def _normalise(sequences: dict[str, list[Sequence]]) -> dict[str, list[float]]:
-    """Standardise every split's inputs in place with the training split's per-feature statistics."""
-    train = torch.cat([s.inputs for s in sequences["train"]]).double()
-    mean, std = train.mean(dim=0), train.std(dim=0, unbiased=False)
-    std = torch.where(std > 0, std, torch.ones_like(std))
-    for split in SPLITS:
-        sequences[split] = [
-            Sequence(((s.inputs.double() - mean) / std).float(), s.targets, s.mask) for s in sequences[split]
-        ]
-    return {"mean": mean.tolist(), "std": std.tolist()}
 
 
 # --------------------------------------------------------------------------------------------
