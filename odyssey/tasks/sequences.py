@@ -256,16 +256,16 @@ def _carve(raw: RawSplit, cfg: SequencesConfig, classes) -> dict[str, RawSplit]:
         groups = [np.flatnonzero(labels == c) for c in classes]
     else:
         groups = [np.arange(n)]
+    groups = [rng.permutation(g) for g in groups]
+    sizes = np.array([len(g) for g in groups])
+    taken = np.zeros(len(groups), dtype=np.int64)
     picked: dict[str, list[np.ndarray]] = {s: [] for s in wanted}
-    keep = []
-    for members in groups:
-        members = rng.permutation(members)
-        start = 0
-        for split, fraction in wanted.items():
-            k = min(int(round(fraction * len(members))), max(len(members) - start - 1, 0))
-            picked[split].append(members[start : start + k])
-            start += k
-        keep.append(members[start:])
+    for split, fraction in wanted.items():
+        counts = _allocate(fraction, sizes, room=sizes - taken - 1)
+        for g, members in enumerate(groups):
+            picked[split].append(members[taken[g] : taken[g] + counts[g]])
+        taken += counts
+    keep = [members[taken[g] :] for g, members in enumerate(groups)]
     out = {"train": _subset(raw, np.sort(np.concatenate(keep)), cfg.per_step)}
     for split in wanted:
         index = np.sort(np.concatenate(picked[split]))
@@ -276,6 +276,20 @@ def _carve(raw: RawSplit, cfg: SequencesConfig, classes) -> dict[str, RawSplit]:
             )
         out[split] = _subset(raw, index, cfg.per_step)
     return out
+
+
+def _allocate(fraction: float, sizes: np.ndarray, room: np.ndarray) -> np.ndarray:
+    """Per group, how many of its ``sizes`` go to a split of ``fraction`` of them all: round(fraction
+    * total) in all, in proportion to the groups' sizes (largest remainders first), at most ``room``."""
+    room = np.maximum(room, 0)
+    share = fraction * sizes
+    counts = np.minimum(np.floor(share).astype(np.int64), room)
+    for g in np.argsort(-(share - np.floor(share)), kind="stable"):
+        if counts.sum() >= int(round(fraction * sizes.sum())):
+            break
+        if counts[g] < room[g]:
+            counts[g] += 1
+    return counts
 
 
 def _subset(raw: RawSplit, index: np.ndarray, per_step: bool) -> RawSplit:
