@@ -206,6 +206,19 @@ def test_the_parsed_file_is_cached_and_a_changed_file_is_parsed_again(tmp_path, 
     assert len(list((tmp_path / "cache").glob("sequences-*.npz"))) == 4
 
 
+def test_ts_regression_targets_and_univariate_equal_lengths(tmp_path):
+    """``@targetLabel true``: the last field is a number (the archive's regression problems)."""
+    text = "# a comment\n@problemName r\n@univariate true\n@equalLength true\n@targetLabel true\n@data\n1,2,3:0.5\n4,5,6:-2\n"
+    path = tmp_path / "r.ts"
+    path.write_text(text)
+    task = config(tmp_path, train=str(path), valid=str(path), test=str(path), target="sequence_regression", normalize=False).build()
+    seqs = task.splits["train"]
+    assert task.input_size == 1 and task.output_size == 1 and [q.inputs[:, 0].tolist() for q in seqs] == [[1, 2, 3], [4, 5, 6]]
+    assert [float(q.targets[-1, 0]) for q in seqs] == [0.5, -2.0] and seqs[0].mask.tolist() == [False, False, True]
+    with pytest.raises(DataError, match=r"r\.ts: a \.ts file holds one target per sequence"):
+        config(tmp_path, train=str(path), valid=str(path), test=str(path), target="step_regression").build()
+
+
 # --------------------------------------------------------------------------------------------
 # Targets: losses and metrics against hand-computed values
 
