@@ -370,6 +370,9 @@ BAD = {
                                  r"d\.ts, line 4: 1 dimensions, but line 3 has 2 \(mixed feature counts\)"),
     "ts label not listed": (lambda p: {"train": str((p / "l.ts").write_text("@classLabel true a b\n@data\n1,2:c\n") and p / "l.ts")},
                             r"l\.ts, line 3: class label 'c' is not in the header's @classLabel list \['a', 'b'\]"),
+    "pickled npz": (lambda p: {"train": _npz(p, inputs=np.array([np.zeros(2), np.zeros(3)], dtype=object), lengths=np.array([1, 1]),
+                                            targets=np.array([0, 1]))},
+                    r"bad\.npz: array 'inputs' cannot be read \(.*\); object arrays \(pickles\) are refused"),
     "unknown suffix": (lambda p: {"train": str((p / "t.csv").write_text("1,2") and p / "t.csv")},
                        r"t\.csv: unknown suffix '\.csv'; valid: \['\.arrow'"),
 }
@@ -385,6 +388,18 @@ def test_bad_data_is_one_line_naming_file_row_and_problem(tmp_path, case):
     with pytest.raises(DataError, match=expected) as info:
         cfg.build()
     assert "\n" not in str(info.value)
+
+
+def test_a_problem_found_in_a_cached_file_still_names_its_line(tmp_path):
+    train = write_ts(tmp_path / "train.ts", {"x": [np.zeros((2, 1))] * 2, "y": ["a", "b"]})
+    valid = write_ts(tmp_path / "valid.ts", {"x": [np.zeros((2, 1))] * 3, "y": ["a", "b", "z"]})
+    cfg = config(tmp_path, train=str(train), valid=str(valid), test=str(train))
+    messages = []
+    for _ in range(2):  # parsed, then from the cache
+        with pytest.raises(DataError) as info:
+            cfg.build()
+        messages.append(str(info.value))
+    assert messages[0] == messages[1] == f"{valid}, line 11: label 'z' is not among the training split's classes ['a', 'b']"
 
 
 def test_bad_config_values():

@@ -50,13 +50,18 @@ SUFFIXES = {
 class RawSplit:
     """One file's sequences: inputs (S, F) float32, lengths (N,) int64, targets or None.
 
-    ``locate(i)`` names sequence ``i`` in the file as its reader counts (``row 3``, ``line 12``).
+    ``rows`` (N,) and ``row_word`` say where each sequence is in its file, as its reader counts:
+    ``locate(i)`` is ``"row 3"`` (Parquet/Arrow), ``"sequence 3"`` (npz) or ``"line 12"`` (``.ts``).
     """
 
     inputs: np.ndarray
     lengths: np.ndarray
     targets: np.ndarray | None
-    locate: Callable[[int], str]
+    rows: np.ndarray
+    row_word: str
+
+    def locate(self, i: int) -> str:
+        return f"{self.row_word} {int(self.rows[i])}"
 
     @property
     def offsets(self) -> np.ndarray:
@@ -159,7 +164,7 @@ def _read_npz(path: Path, per_step: bool, needs_targets: bool) -> RawSplit:
     if lengths.dtype.kind not in "iu" or lengths.ndim != 1:
         raise DataError(f"{path}: lengths has dtype {lengths.dtype} and shape {lengths.shape}; expected integers, (N,)")
     inputs = (inputs[:, None] if inputs.ndim == 1 else inputs).astype(np.float32)
-    return RawSplit(inputs, lengths.astype(np.int64), arrays.get("targets"), lambda i: f"sequence {i}")
+    return RawSplit(inputs, lengths.astype(np.int64), arrays.get("targets"), np.arange(len(lengths)), "sequence")
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,12 +227,11 @@ def _read_table(table, path: Path, per_step: bool, needs_targets: bool, inputs_c
     for key, column, needed in (("inputs_column", inputs_column, True), ("target_column", target_column, needs_targets)):
         if needed and column not in columns:
             raise DataError(f"{path}: no column {column!r} (task.{key}); its columns: {columns}")
-    locate = lambda i: f"row {i}"  # noqa: E731
     inputs, lengths = _sequence_column(table.column(inputs_column).combine_chunks(), path, inputs_column)
     targets = None
     if target_column in columns:
         targets = _target_column(table.column(target_column).combine_chunks(), path, target_column, per_step, lengths)
-    return RawSplit(inputs, lengths, targets, locate)
+    return RawSplit(inputs, lengths, targets, np.arange(len(lengths)), "row")
 
 
 def _is_list(t) -> bool:

@@ -68,7 +68,7 @@ from odyssey.tasks.sequence_files import RawSplit, check_inputs, data_files, rea
 __all__ = ["TARGETS", "ClassTask", "NextStepBinaryTask", "RegressionTask", "SequencesConfig", "SequencesTask"]
 
 TARGETS = ("sequence_class", "step_class", "sequence_regression", "step_regression", "next_step_binary")
-READER_VERSION = 1  # part of the cache key: bump when a reader's output changes
+READER_VERSION = 2  # part of the cache key: bump when a reader's output changes
 
 
 @register("sequences")
@@ -186,15 +186,16 @@ class SequencesConfig(TaskConfig):
             )  # fmt: skip
             holder["raw"] = raw
             targets = raw.targets if raw.targets is not None else np.zeros(0)
-            return {"inputs": raw.inputs, "lengths": raw.lengths, "targets": targets, "has_targets": np.array(raw.targets is not None)}
+            return {
+                "inputs": raw.inputs, "lengths": raw.lengths, "targets": targets, "has_targets": np.array(raw.targets is not None),
+                "rows": raw.rows, "row_word": np.array(raw.row_word),
+            }  # fmt: skip
 
         arrays = cached_arrays("sequences", key, parse, directory=self.cache_dir)
         if "raw" in holder:
             return holder["raw"]
-        # From the cache: only the row names are lost; a .ts file's lines are counted from 1.
-        locate = (lambda i: f"case {i}") if path.suffix.lower() == ".ts" else (lambda i: f"row {i}")
         targets = arrays["targets"] if bool(arrays["has_targets"]) else None
-        raw = RawSplit(arrays["inputs"], arrays["lengths"], targets, locate)
+        raw = RawSplit(arrays["inputs"], arrays["lengths"], targets, arrays["rows"], str(arrays["row_word"]))
         check_inputs(path, raw)
         return raw
 
@@ -297,7 +298,7 @@ def _subset(raw: RawSplit, index: np.ndarray, per_step: bool) -> RawSplit:
     targets = raw.targets
     if targets is not None:
         targets = targets[steps] if per_step else targets[index]
-    return RawSplit(raw.inputs[steps], raw.lengths[index], targets, lambda i, f=raw.locate: f(int(index[i])))
+    return RawSplit(raw.inputs[steps], raw.lengths[index], targets, raw.rows[index], raw.row_word)
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -361,7 +362,7 @@ def _steps(raw: RawSplit, path: Path, cfg: SequencesConfig, classes) -> RawSplit
     if cfg.target == "next_step_binary" and (lengths < 2).any():
         i = int(np.flatnonzero(lengths < 2)[0])
         raise DataError(f"{path}, {raw.locate(i)}: {lengths[i]} step(s) after preprocessing; next_step_binary needs >= 2")
-    return RawSplit(inputs, lengths, targets, raw.locate)
+    return RawSplit(inputs, lengths, targets, raw.rows, raw.row_word)
 
 
 def _statistics(inputs: np.ndarray) -> dict[str, list[float]]:

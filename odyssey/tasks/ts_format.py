@@ -108,7 +108,7 @@ def read_ts(path: Path, *, needs_targets: bool) -> RawSplit:
     out_targets = None
     if labelled:
         out_targets = np.asarray(targets, dtype=str) if has_class else np.asarray(targets, dtype=np.float64)
-    return RawSplit(inputs, np.asarray(lengths, dtype=np.int64), out_targets, lambda i: f"line {lines[i]}")
+    return RawSplit(inputs, np.asarray(lengths, dtype=np.int64), out_targets, np.asarray(lines, dtype=np.int64), "line")
 
 
 def _is_number(text: str) -> bool:
