@@ -467,7 +467,7 @@ def build_wheel(folder: Path) -> Path:
         "odyssey_constant/__init__.py": PLUGIN,
         f"{dist}/METADATA": "Metadata-Version: 2.1\nName: odyssey-constant\nVersion: 0.1\n",
         f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-        f"{dist}/entry_points.txt": "[odyssey.tasks]\nconstant = odyssey_constant:ConstantConfig\n",
+        f"{dist}/entry_points.txt": "[odyssey.tasks]\nconstant = odyssey_constant:ConstantConfig\nbroken = odyssey_constant:Missing\n",
     }
     files[f"{dist}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{dist}/RECORD"])
     wheel = folder / "odyssey_constant-0.1-py3-none-any.whl"
@@ -491,11 +491,21 @@ def test_a_task_plugin_from_an_installed_wheel(tmp_path):
         "print(type(cfg.task).__name__, cfg.task.value)\n"
         "r = train_trial(cfg)\n"
         "print(r.status, r.epochs, sorted(r.test))\n"
+        "from odyssey.tasks import task_config_from_mapping\n"
+        "try:\n"
+        "    task_config_from_mapping({'name': 'broken'})\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(target), "ODYSSEY_CONFIG_PATH": ""}
     out = subprocess.run([sys.executable, "-c", script], cwd=fresh, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.splitlines() == ["ConstantConfig 0.5", "completed 2 ['accuracy', 'mse']"]
+    assert out.stdout.splitlines() == [
+        "ConstantConfig 0.5",
+        "completed 2 ['accuracy', 'mse']",  # a broken plugin beside it does not stop the others
+        "ConfigError task plugin 'broken' (odyssey_constant:Missing, entry point group 'odyssey.tasks') cannot be loaded: "
+        "AttributeError: module 'odyssey_constant' has no attribute 'Missing'",
+    ]
     # without the package, the name is unknown and the built-in tasks are listed
     env.pop("PYTHONPATH")
     out = subprocess.run([sys.executable, "-c", script], cwd=fresh, env=env, capture_output=True, text=True, timeout=120)

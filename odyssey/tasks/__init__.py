@@ -47,7 +47,7 @@ def task_config_from_mapping(mapping: dict[str, Any]) -> TaskConfig:
     if name not in TASKS:
         from odyssey.tasks.plugins import load_plugins
 
-        load_plugins()  # a task of another package (entry point group odyssey.tasks)
+        load_plugins(name)  # a task of another package (entry point group odyssey.tasks)
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}; valid tasks: {sorted(TASKS)}")
     cls = TASKS[name]

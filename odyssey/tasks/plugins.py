@@ -17,6 +17,7 @@ cannot be taken over.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -25,27 +26,36 @@ from odyssey.errors import ConfigError
 __all__ = ["ENTRY_POINT_GROUP", "load_plugins", "plugin_task_nodes"]
 
 ENTRY_POINT_GROUP = "odyssey.tasks"
+logger = logging.getLogger(__name__)
 
 
-def load_plugins() -> dict[str, type]:
-    """Register every installed plugin task in :data:`odyssey.tasks.TASKS`; return the plugins.
+def load_plugins(name: str | None = None) -> dict[str, type]:
+    """Register installed plugin tasks in :data:`odyssey.tasks.TASKS`; return those registered.
+
+    With ``name``, only that entry point is loaded, and a failure is an error; without it, every
+    entry point is loaded and one that fails is skipped with a warning (it does not stop commands
+    that do not use it; naming it gives the error).
 
     Raises:
-        ConfigError: a plugin cannot be imported, or does not name a TaskConfig dataclass.
+        ConfigError: the named plugin cannot be imported, or does not name a TaskConfig dataclass.
     """
     from odyssey.tasks import TASKS, TaskConfig
 
     found: dict[str, type] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if TASKS.get(ep.name) is not None and getattr(TASKS[ep.name], "__module__", "").startswith("odyssey."):
-            continue  # a built-in name: the package's own task stays
+        if (name is not None and ep.name != name) or getattr(TASKS.get(ep.name), "__module__", "").startswith("odyssey."):
+            continue  # not asked for, or a built-in name: the package's own task stays
         where = f"task plugin {ep.name!r} ({ep.value}, entry point group {ENTRY_POINT_GROUP!r})"
         try:
             cls = ep.load()
+            if not (isinstance(cls, type) and issubclass(cls, TaskConfig) and dataclasses.is_dataclass(cls)):
+                raise ConfigError(f"{where} is {cls!r}; expected a TaskConfig dataclass subclass")
         except Exception as exc:  # noqa: BLE001 - any import failure of a plugin is that plugin's
-            raise ConfigError(f"{where} cannot be loaded: {type(exc).__name__}: {exc}") from None
-        if not (isinstance(cls, type) and issubclass(cls, TaskConfig) and dataclasses.is_dataclass(cls)):
-            raise ConfigError(f"{where} is {cls!r}; expected a TaskConfig dataclass subclass")
+            error = exc if isinstance(exc, ConfigError) else ConfigError(f"{where} cannot be loaded: {type(exc).__name__}: {exc}")
+            if name is not None:
+                raise error from None
+            logger.warning("%s", error)
+            continue
         TASKS[ep.name] = cls
         found[ep.name] = cls
     return found
