@@ -112,7 +112,8 @@ def check_inputs(path: Path, raw: RawSplit) -> None:
     """Refuse lengths < 1, lengths not summing to the inputs' rows, NaN or inf in the inputs."""
     short = np.flatnonzero(raw.lengths < 1)
     if short.size:
-        raise DataError(f"{path}, {raw.locate(int(short[0]))}: a sequence of length {int(raw.lengths[short[0]])}; expected >= 1 step")
+        i = int(short[0])
+        raise DataError(f"{path}, {raw.locate(i)}: a sequence of length {int(raw.lengths[i])}; expected >= 1 step")
     total = int(raw.lengths.sum())
     if total != raw.inputs.shape[0]:
         raise DataError(f"{path}: the lengths sum to {total} steps but inputs has {raw.inputs.shape[0]} rows")
@@ -310,7 +311,8 @@ def _target_column(arr, path: Path, column: str, per_step: bool, lengths: np.nda
         dims = _lengths(arr)
         if dims.size and (dims != dims[0]).any():
             r = int(np.flatnonzero(dims != dims[0])[0])
-            raise DataError(f"{path}, {'step' if per_step else 'row'} {r}: a target of {dims[r]} values, but the first has {dims[0]}")
+            where = f"step {r}" if per_step else f"row {r}"
+            raise DataError(f"{path}, {where}: a target of {dims[r]} values, but the first has {dims[0]}")
         values = arr.flatten()
         _first_null(path, column, values, lambda v: f"value {v}")
         return _numbers(values, path, column, "numbers").reshape(len(arr), int(dims[0]) if dims.size else 0)

@@ -187,7 +187,8 @@ class SequencesConfig(TaskConfig):
             holder["raw"] = raw
             targets = raw.targets if raw.targets is not None else np.zeros(0)
             return {
-                "inputs": raw.inputs, "lengths": raw.lengths, "targets": targets, "has_targets": np.array(raw.targets is not None),
+                "inputs": raw.inputs, "lengths": raw.lengths, "targets": targets,
+                "has_targets": np.array(raw.targets is not None),
                 "rows": raw.rows, "row_word": np.array(raw.row_word),
             }  # fmt: skip
 
@@ -346,7 +347,8 @@ def _steps(raw: RawSplit, path: Path, cfg: SequencesConfig, classes) -> RawSplit
             step = int(np.argwhere(~binary)[0][0])
             i = int(np.searchsorted(offsets, step, side="right") - 1)
             raise DataError(
-                f"{path}, {raw.locate(i)}, step {step - offsets[i]}: input {raw.inputs[step][~binary[step]][0].item()!r} is not 0 or 1; "
+                f"{path}, {raw.locate(i)}, step {step - offsets[i]}: input "
+                f"{raw.inputs[step][~binary[step]][0].item()!r} is not 0 or 1; "
                 "task.target=next_step_binary predicts binary vectors"
             )
     lengths = raw.lengths
@@ -434,7 +436,10 @@ class ClassTask(SequencesTask):
     worst_value: ClassVar[float] = 1.0
 
     def __init__(self, splits, *, input_size: int, classes, target: str, normalization=None):
-        super().__init__(splits, input_size=input_size, output_size=len(classes), target=target, classes=classes, normalization=normalization)
+        super().__init__(
+            splits, input_size=input_size, output_size=len(classes), target=target, classes=classes,
+            normalization=normalization,
+        )  # fmt: skip
         self.worst_values = {"loss": math.log(max(len(classes), 2))}
 
     def step_losses(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -478,5 +483,7 @@ class NextStepBinaryTask(SequencesTask, JSBTask):
     """``next_step_binary``: JSB's loss and ``nll`` metric over F binary outputs (worst F ln 2)."""
 
     def __init__(self, splits, *, input_size: int, normalization=None):
-        super().__init__(splits, input_size=input_size, output_size=input_size, target="next_step_binary", normalization=normalization)
+        super().__init__(
+            splits, input_size=input_size, output_size=input_size, target="next_step_binary", normalization=normalization
+        )
         self.worst_value = input_size * math.log(2.0)

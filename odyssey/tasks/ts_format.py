@@ -94,7 +94,9 @@ def read_ts(path: Path, *, needs_targets: bool) -> RawSplit:
         for d, values in enumerate(dims):
             if not np.isfinite(values).all():
                 step = int(np.flatnonzero(~np.isfinite(values))[0])
-                raise DataError(f"{where}, dimension {d}, step {step}: a missing value ('?', NaN or inf); missing values are refused")
+                raise DataError(
+                    f"{where}, dimension {d}, step {step}: a missing value ('?', NaN or inf); missing values are refused"
+                )
         if len({len(v) for v in dims}) != 1:
             raise DataError(f"{where}: its dimensions have unequal lengths {[len(v) for v in dims]}")
         steps.append(np.stack(dims, axis=1))
