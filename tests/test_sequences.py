@@ -188,6 +188,25 @@ def test_normalize_max_length_and_subsample(tmp_path):
         torch.testing.assert_close(q.targets[:, 0], torch.tensor(y[::2][:3], dtype=torch.float32))
 
 
+def test_the_run_records_what_the_task_derived_from_the_data(tmp_path):
+    data = {"x": [np.array([[1.0, 5.0], [3.0, 5.0]]), np.array([[5.0, 5.0]])], "y": ["b", "a"]}
+    path = str(write_npz(tmp_path / "d.npz", data))
+    tags = config(tmp_path, train=path, valid=path, test=path).build().data_tags()
+    assert tags == {
+        "odyssey.task_data.normalization": json.dumps({"mean": [3.0, 5.0], "std": [math.sqrt(8 / 3), 1.0]}).replace(
+            str(math.sqrt(8 / 3)), f"{math.sqrt(8 / 3):.7g}"),  # std 0 (a constant feature) becomes 1
+        "odyssey.task_data.classes": '["a", "b"]',
+        "odyssey.task_data.sizes": '{"train": 2, "valid": 2, "test": 2}',
+    }  # fmt: skip
+    regression = config(tmp_path, train=path, valid=path, test=path, normalize=False, target="sequence_regression")
+    with pytest.raises(DataError):
+        regression.build()  # string targets
+    np.savez(tmp_path / "r.npz", inputs=np.zeros((3, 1)), lengths=[2, 1], targets=[0.5, 1.0])
+    r = str(tmp_path / "r.npz")
+    assert set(config(tmp_path, train=r, valid=r, test=r, normalize=False, target="sequence_regression").build().data_tags()) == {
+        "odyssey.task_data.sizes"}  # fmt: skip
+
+
 def test_the_parsed_file_is_cached_and_a_changed_file_is_parsed_again(tmp_path, monkeypatch):
     from odyssey.tasks import sequence_files
 
@@ -534,6 +553,7 @@ def test_sweep_and_analyze_over_your_own_data(tmp_path, mlflow_server, ray_clust
     from odyssey.sweep.cli import sweep_main
 
     paths = write_splits(tmp_path, "parquet", "sequence_class", sizes=(16, 8, 8))
+    expected = json.loads(config(tmp_path, **paths).build().data_tags()["odyssey.task_data.normalization"])
     assert sweep_main([*_sweep_overrides(tmp_path, "own-data", paths, mlflow_server, ray_cluster), "execution=pack"]) == 0
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("own-data")
@@ -543,6 +563,10 @@ def test_sweep_and_analyze_over_your_own_data(tmp_path, mlflow_server, ray_clust
         assert r.data.params["task.train"] == paths["train"] and r.data.params["task.normalize"] == "True"
         assert r.data.tags["odyssey.primary_metric"] == "error" and 0.0 <= r.data.metrics["test/error"] <= 1.0
         assert {"best_val/error", "test/loss"} <= set(r.data.metrics)
+        # what the task derived from the data is on record: the normalisation, the classes, the sizes
+        assert json.loads(r.data.tags["odyssey.task_data.normalization"]) == expected["normalization"]
+        assert json.loads(r.data.tags["odyssey.task_data.classes"]) == ["cat", "dog", "eel"]
+        assert json.loads(r.data.tags["odyssey.task_data.sizes"]) == {"train": 16, "valid": 8, "test": 8}
     capsys.readouterr()
     assert analyze_main(["own-data", "--tracking-uri", mlflow_server, "--out", str(tmp_path / "analysis"), "--min-trials", "2",
                          "--n-trees", "8", "--no-log"]) == 0  # fmt: skip

@@ -36,6 +36,7 @@ recomputed from the cached arrays at each build (cheap).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -424,6 +425,19 @@ class SequencesTask(Task):
         self.classes = classes
         self.normalization = normalization  # {"mean": [F], "std": [F]} or None
         super().__init__(splits)
+
+    def data_tags(self) -> dict[str, str]:
+        """``odyssey.task_data.{normalization,classes,sizes}``: JSON, the statistics to 7 digits
+        (MLflow tags hold 8000 characters: statistics of more features are left out, and said so)."""
+        from odyssey.run_schema import TAG_TASK_DATA_PREFIX
+
+        tags = {"sizes": json.dumps({s: len(v) for s, v in self.splits.items()})}
+        if self.classes is not None:
+            tags["classes"] = json.dumps(list(self.classes))
+        if self.normalization is not None:
+            stats = json.dumps({k: [float(f"{v:.7g}") for v in vs] for k, vs in self.normalization.items()})
+            tags["normalization"] = stats if len(stats) <= 8000 else f"left out: {self.input_size} features are too many for a tag"
+        return {TAG_TASK_DATA_PREFIX + k: v if len(v) <= 8000 else v[:7990] + " ..." for k, v in tags.items()}
 
 
 class ClassTask(SequencesTask):
