@@ -564,7 +564,7 @@ def test_sweep_and_analyze_over_your_own_data(tmp_path, mlflow_server, ray_clust
         assert r.data.tags["odyssey.primary_metric"] == "error" and 0.0 <= r.data.metrics["test/error"] <= 1.0
         assert {"best_val/error", "test/loss"} <= set(r.data.metrics)
         # what the task derived from the data is on record: the normalisation, the classes, the sizes
-        assert json.loads(r.data.tags["odyssey.task_data.normalization"]) == expected["normalization"]
+        assert json.loads(r.data.tags["odyssey.task_data.normalization"]) == expected
         assert json.loads(r.data.tags["odyssey.task_data.classes"]) == ["cat", "dog", "eel"]
         assert json.loads(r.data.tags["odyssey.task_data.sizes"]) == {"train": 16, "valid": 8, "test": 8}
     capsys.readouterr()
