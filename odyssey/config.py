@@ -490,6 +490,10 @@ def register_schemas() -> None:
     store = ConfigStore.instance()
     for section, schema in config_schemas().items():
         store.store(group="schema", name=section, node=dataclasses.asdict(schema()), provider="odyssey")
+    from odyssey.tasks.plugins import plugin_task_nodes
+
+    for name, node in plugin_task_nodes().items():  # task=<name> for tasks of other packages
+        store.store(group="task", name=name, node=node, provider="odyssey task plugins")
 
 
 _HYDRA_LOCK = threading.RLock()

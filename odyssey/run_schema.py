@@ -29,7 +29,8 @@ Trial runs (and ``train`` runs):
   (``hp/log10_lr``...): MLflow sorts and charts metrics by value, params as text.
 * final metrics: ``test/<metric>`` and ``best_val/<metric>`` at the best validation epoch,
   ``best_epoch``, ``epochs``.
-* tags: the ``TAG_*`` constants; ``odyssey.status`` is one of ``ALL_STATUSES``: a final one
+* tags: the ``TAG_*`` constants, and ``odyssey.task_data.*`` where a task records what it derived
+  from its data (``task=sequences``: the normalisation statistics, the classes, the split sizes); ``odyssey.status`` is one of ``ALL_STATUSES``: a final one
   (``STATUSES``), ``running``, or ``interrupted`` (the sweep was stopped; ``resume=true`` continues
   the run, and ``odyssey analyze`` leaves it out until then). MLflow's own run status follows it
   (:func:`mlflow_status`). A failed trial has ``odyssey.error`` and the artifact ``error.txt``.
@@ -81,6 +82,8 @@ TAG_SEARCH_SPACE = "odyssey.search_space"  # search runs: the sampled space, rea
 # model, the training protocol, the space, searcher, scheduler, seed, trials), as JSON
 TAG_SEARCH_BUDGET = "odyssey.search_budget"
 TAG_EXTENSION = "odyssey.extension"  # search runs added by `study.extend=true`: the extension's number
+TAG_TASK_DATA_PREFIX = "odyssey.task_data."  # what a task derived from its data (Task.data_tags): task=sequences'
+#   input statistics, classes and split sizes
 
 # Experiment tags. MLflow 3's UI picks an experiment's layout from mlflow.experimentKind: without
 # it, it opens on its GenAI view ("Send your first trace"); every odyssey experiment is model training.

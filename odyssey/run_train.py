@@ -88,6 +88,7 @@ def _start_logger(uri: str, experiment: str, trial, task) -> MlflowTrialLogger:
     params = build_model(trial, task).num_parameters()
     tags = trial_tags(trial, primary_metric=task.primary_metric, lower_is_better=task.lower_is_better, params_count=params)
     tags[TAG_ROLE] = ROLE_TRAIN
+    tags.update(task.data_tags())
     try:
         return MlflowTrialLogger.start(uri, experiment, trial, tags=tags, run_name=f"{trial.variant.label()}-{trial.task.name}")
     except Exception as exc:  # connection refused, bad URI, server error

@@ -58,7 +58,23 @@ def corpus_mapping(name: str) -> dict:
     return {"data_dir": str(root), "cache_dir": str(cache), "progress": False, **extra}
 
 
+def sequences_mapping() -> dict:
+    """task=sequences on an npz file of 40 ragged sequences with 3 string classes, written once."""
+    if "sequences" not in _CORPORA:
+        base = Path(tempfile.mkdtemp(prefix="odyssey-sequences-"))
+        atexit.register(shutil.rmtree, base, True)
+        rng = np.random.default_rng(0)
+        lengths = rng.integers(3, 9, size=40)
+        labels = np.array(["a", "b", "c"])[np.arange(40) % 3]
+        np.savez(base / "data.npz", inputs=rng.normal(size=(lengths.sum(), 2)), lengths=lengths, targets=labels)
+        _CORPORA["sequences"] = (base / "data.npz", base / "cache")
+    path, cache = _CORPORA["sequences"]
+    return {"train": str(path), "cache_dir": str(cache)}
+
+
 def small_config(name: str, **changes):
+    if name == "sequences":
+        return task_config_from_mapping({"name": name, **sequences_mapping(), **changes})
     base = corpus_mapping(name) if name in CORPUS_TASKS else SMALL[name]
     return task_config_from_mapping({"name": name, **base, **changes})
 
@@ -117,7 +133,7 @@ def reference_sequence_loss(name: str, outputs: torch.Tensor, seq) -> float:
         out, target = outputs[t].double(), seq.targets[t]
         if name == "adding":
             total += float((out[0] - target[0]) ** 2)
-        elif name.startswith("temporal_order") or name == "timit":
+        elif name.startswith("temporal_order") or name in ("timit", "sequences"):
             total += float(torch.logsumexp(out, 0) - out[int(target)])
         else:  # independent Bernoulli outputs (jsb, reber): -[y log s(x) + (1-y) log(1 - s(x))]
             y = target.double()
@@ -130,7 +146,7 @@ def reference_sequence_loss(name: str, outputs: torch.Tensor, seq) -> float:
 
 
 def test_registry_lists_every_task_config():
-    assert sorted(TASKS) == ["adding", "iam_ondb", "jsb", "reber", "temporal_order", "temporal_order_3", "timit"]
+    assert sorted(TASKS) == ["adding", "iam_ondb", "jsb", "reber", "sequences", "temporal_order", "temporal_order_3", "timit"]
     assert sorted(p.stem for p in TASK_CONF.glob("*.yaml")) == sorted(TASKS)
 
 

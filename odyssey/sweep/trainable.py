@@ -112,7 +112,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         ctx.tracking_uri,
         ctx.experiment_name,
         cfg,
-        tags=trial_run_tags(ctx, cfg, trial_id, params_count(cfg, task)),
+        tags={**trial_run_tags(ctx, cfg, trial_id, params_count(cfg, task)), **task.data_tags()},
         parent_run_id=ctx.parent_run_id,
         run_name=trial_run_name(ctx.plan.variant, trial_id),
         run_id=run_id,

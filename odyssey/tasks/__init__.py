@@ -53,6 +53,10 @@ def task_config_from_mapping(mapping: dict[str, Any]) -> TaskConfig:
     mapping = dict(mapping)
     name = mapping.get("name")
     if name not in TASKS:
+        from odyssey.tasks.plugins import load_plugins
+
+        load_plugins(name)  # a task of another package (entry point group odyssey.tasks)
+    if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}; valid tasks: {sorted(TASKS)}")
     cls = TASKS[name]
     valid = {f.name for f in fields(cls)}
@@ -73,3 +77,4 @@ from odyssey.tasks import jsb as _jsb  # noqa: E402,F401
 from odyssey.tasks import reber as _reber  # noqa: E402,F401
 from odyssey.tasks import temporal_order as _temporal_order  # noqa: E402,F401
 from odyssey.tasks import timit as _timit  # noqa: E402,F401
+from odyssey.tasks import sequences as _sequences  # noqa: E402,F401

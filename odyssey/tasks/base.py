@@ -165,6 +165,11 @@ class Task(ABC):
         """:meth:`metric_totals` of one model's outputs (T, B, O) as plain numbers."""
         return {k: (float(total), int(count)) for k, (total, count) in self.metric_totals(outputs, batch).items()}
 
+    def data_tags(self) -> dict[str, str]:
+        """What the run records about the data this task derived from its files (run tags under
+        ``odyssey.task_data.``, e.g. normalisation statistics); none for most tasks."""
+        return {}
+
     def better(self, a: float, b: float) -> bool:
         """Whether primary-metric value ``a`` is strictly better than ``b``."""
         return a < b if self.lower_is_better else a > b
