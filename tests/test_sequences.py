@@ -7,7 +7,6 @@ in tests/data/ucr (license and origin in its README).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
