@@ -77,6 +77,21 @@ TAG_NUM_SAMPLES = "odyssey.num_samples"  # search runs: the trial budget
 TAG_OVERRIDES = "odyssey.overrides"  # search runs: the user's Hydra overrides
 TAG_SEARCH_KEY = "odyssey.search_key"  # search runs: "<task>__<variant>", found again on resume
 TAG_SEARCH_SPACE = "odyssey.search_space"  # search runs: the sampled space, readable
+TAG_SOURCE_RUN = "odyssey.source_run"  # `odyssey train --from-run`: the run it was rebuilt from
+TAG_REPRODUCED = "odyssey.reproduced"  # --from-run: "true" when every recorded metric came out equal
+
+# Provenance of trial and train runs (odyssey.provenance): what decides a trial's numbers bit for
+# bit beyond its config. ``odyssey analyze`` warns when a study's trials differ in TAG_MACHINE_KIND.
+TAG_TORCH = "odyssey.torch"  # torch.__version__
+TAG_CPU = "odyssey.cpu"  # the CPU's model name
+TAG_COMPILED_LOOP = "odyssey.compiled_loop"  # the compiled CPU loop's build key, or "off"
+TAG_THREADS = "odyssey.threads"  # torch.get_num_threads() where it trained
+TAG_DEVICE_NAME = "odyssey.device_name"  # the GPU's model, or the CPU's
+TAG_CUDA = "odyssey.cuda"  # torch.version.cuda (CUDA runs only)
+TAG_CUDNN = "odyssey.cudnn"  # torch.backends.cudnn.version() (CUDA runs only)
+TAG_ODYSSEY_VERSION = "odyssey.version"
+TAG_COMMIT = "odyssey.git_commit"  # where the source is a git checkout
+TAG_MACHINE_KIND = "odyssey.machine_kind"  # device model, torch build, compiled loop key: one line
 
 # Experiment tags (odyssey.sweep.identity)
 TAG_STORAGE = "odyssey.sweep.storage"

@@ -41,12 +41,13 @@ from odyssey.cells import native
 from odyssey.config import TrialConfig
 from odyssey.model import SequenceModel, build_model
 from odyssey.noise import gaussian_noise, stream_keys
+from odyssey.provenance import provenance
 from odyssey.tasks import Task, build_task
 from odyssey.tasks.resident import ResidentSplit
 
 __all__ = [
     "EpochReport", "TrialResult", "deterministic_cuda", "device_label", "evaluate", "input_noise", "resolve_device",
-    "train_epoch", "train_trial", "trial_checkpoint", "trial_state",
+    "train_epoch", "train_trial", "trial_checkpoint", "trial_provenance", "trial_state", "uses_compiled_loop",
 ]  # fmt: skip
 
 COMPLETED, DIVERGED = "completed", "diverged"
@@ -82,6 +83,8 @@ class TrialResult:
     test: dict[str, float]  # test metrics at the best epoch
     budget_reached: bool = True  # the trial ended by its own protocol (not cut short)
     device: str = "cpu"  # where it trained: "cpu" or "cuda:N (<GPU name>)"
+    # Run tags (odyssey.provenance): torch, CPU, compiled loop, threads, GPU, versions.
+    provenance: dict[str, str] = field(default_factory=dict, compare=False)
 
     def final_metrics(self) -> dict[str, float]:
         out = {f"test/{k}": v for k, v in self.test.items()}
@@ -131,6 +134,19 @@ def eval_batch_size(cfg: TrialConfig, device: torch.device) -> int:
     if cfg.variant.family == "lstm" and torch.device(device).type == "cpu" and native.lstm_loop() is not None:
         return 1
     return EVAL_BATCH_SIZE
+
+
+def uses_compiled_loop(cfg: TrialConfig, device: torch.device) -> bool:
+    """Whether the trial's LSTM steps run in the compiled CPU loop (batch 1 on the CPU, in
+    training or in evaluation), for its provenance."""
+    if cfg.variant.family != "lstm" or torch.device(device).type != "cpu" or native.lstm_loop() is None:
+        return False
+    return cfg.train.batch_size == 1 or eval_batch_size(cfg, device) == 1
+
+
+def trial_provenance(cfg: TrialConfig, device: torch.device) -> dict[str, str]:
+    """The provenance tags of a trial trained here (:func:`odyssey.provenance.provenance`)."""
+    return provenance(device, compiled_loop=uses_compiled_loop(cfg, device))
 
 
 @torch.no_grad()
@@ -290,7 +306,7 @@ def train_trial(
             bar.set_postfix({"loss": f"{train_loss:.4g}", primary: f"{val[primary]:.4g}", "best": st["best_epoch"]})
         if st["stale"] >= tr.patience:
             reason = "early_stopping"
-        final = _result(status, reason, st, model) if reason == "early_stopping" or epoch == tr.max_epochs else None
+        final = _result(status, reason, st, model, trial_provenance(cfg, device)) if reason == "early_stopping" or epoch == tr.max_epochs else None
         if callback is not None:
             callback(EpochReport(epoch, metrics, st["best_epoch"], improved, checkpoint, final))
         if final is not None:
@@ -300,7 +316,7 @@ def train_trial(
     if status == DIVERGED:
         worst = task.worst_metrics()
         st = {**st, "best_val": worst, "test": worst}
-    return _result(status, reason, st, model)
+    return _result(status, reason, st, model, trial_provenance(cfg, device))
 
 
 def resumed_stop_reason(st: dict, tr) -> str | None:
@@ -311,11 +327,12 @@ def resumed_stop_reason(st: dict, tr) -> str | None:
     return "max_epochs" if st["epoch"] >= tr.max_epochs else None
 
 
-def _result(status: str, reason: str, st: dict, model: SequenceModel) -> TrialResult:
+def _result(status: str, reason: str, st: dict, model: SequenceModel, tags: dict[str, str]) -> TrialResult:
     device = device_label(next(model.parameters()).device)
     return TrialResult(
-        status, reason, st["epoch"], st["best_epoch"], model.num_parameters(), st["best_val"], st["test"], device=device
-    )
+        status, reason, st["epoch"], st["best_epoch"], model.num_parameters(), st["best_val"], st["test"], device=device,
+        provenance=tags,
+    )  # fmt: skip
 
 
 def _progress_bar(total: int, initial: int, desc: str):

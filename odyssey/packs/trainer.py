@@ -63,6 +63,7 @@ from odyssey.train import (
     step_size,
     train_epoch,
     trial_checkpoint,
+    trial_provenance,
     trial_state,
 )
 
@@ -307,7 +308,7 @@ class PackTrainer:
     def _result(self, m: _Member, status: str, reason: str, st: dict) -> TrialResult:
         return TrialResult(
             status, reason, st["epoch"], st["best_epoch"], m.params_count, st["best_val"], st["test"],
-            device=device_label(self.device),
+            device=device_label(self.device), provenance=trial_provenance(m.cfg, self.device),
         )  # fmt: skip
 
     def _checkpointer(self, j: int) -> Callable[[], dict]:
