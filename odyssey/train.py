@@ -209,6 +209,9 @@ def deterministic_cuda(device: torch.device) -> None:
         return
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS first starts
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # ... but without its NaN fill of every torch.empty: the fused loop's buffers are written
+    # before they are read, and the fill would cost a pass over each.
+    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
 

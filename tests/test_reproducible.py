@@ -139,3 +139,15 @@ def test_a_pack_on_the_cpu_trains_per_member_and_a_stacked_one_differs_in_roundi
     own, stacked = packed(cfgs, task), packed(cfgs, task, stacked=True)
     for (r, _, _), (s, _, _) in zip(own, stacked):
         assert s.best_val["mse"] == pytest.approx(r.best_val["mse"], rel=1e-4)
+
+
+def test_a_pack_on_cuda_is_deterministic_given_its_members():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    cfgs = [c.replace(train={"device": "cuda"}) for c in configs("vanilla", "float32", MEMBERS[:4])]
+    task = build_task(cfgs[0].task)
+    first, second = packed(cfgs, task), packed(cfgs, task)
+    assert torch.are_deterministic_algorithms_enabled()
+    for a, b in zip(first, second):
+        assert_identical(a, b)
+        assert a[0].device.startswith("cuda:") and a[0].provenance["odyssey.cuda"] == torch.version.cuda

@@ -30,6 +30,7 @@ def history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
+@pytest.mark.slow
 def test_a_rerun_from_the_record_reproduces_exactly_and_continues_as_a_new_run(mlflow_server, tmp_path, capsys, monkeypatch):
     import torch
     from mlflow import MlflowClient
@@ -69,6 +70,7 @@ def test_a_rerun_from_the_record_reproduces_exactly_and_continues_as_a_new_run(m
     assert "NOT reproduced: 1 of the recorded metrics" in out and "test/mse: recorded 123.0" in out
 
 
+@pytest.mark.slow
 def test_from_run_refuses_a_run_that_is_not_an_odyssey_trial_in_one_line(mlflow_server, tmp_path, capsys, monkeypatch):
     from mlflow import MlflowClient
 
@@ -84,3 +86,38 @@ def test_from_run_refuses_a_run_that_is_not_an_odyssey_trial_in_one_line(mlflow_
     assert err.count("\n") == 1 and "no MLflow run" in err
     assert cli_main(["train", "--from-run"]) == 2
     assert "--from-run needs a run id" in capsys.readouterr().err
+
+
+def test_analyze_warns_when_a_studys_trials_ran_on_mixed_kinds_of_machine():
+    import pandas as pd
+
+    from odyssey.analysis.study import Study, mixed_sweeps
+
+    searches = pd.DataFrame({"run_id": ["p1"], "task": "adding", "variant": "vanilla"})
+
+    def study(kinds):
+        trials = pd.DataFrame({"task": "adding", "variant": "vanilla", "max_epochs": 2.0, "machine_kind": kinds})
+        return Study("s", "0", "uri", trials, searches)
+
+    a, b = "cpu: AMD EPYC; torch 2.13.0+cpu; compiled loop 1234", "cuda: NVIDIA H100; torch 2.13.0; compiled loop off"
+    (problem,) = mixed_sweeps(study([a, a, b]))
+    assert "ran on 2 kinds of machine" in problem and f"{a!r} (2 trials)" in problem and f"{b!r} (1 trials)" in problem
+    assert mixed_sweeps(study([a, a, None])) == []  # a run from before provenance tags says nothing
+
+
+def test_provenance_names_the_machine_and_the_compiled_loop():
+    import torch
+
+    from odyssey.cells import native
+    from odyssey.config import compose, trial_config
+    from odyssey.provenance import cpu_model
+    from odyssey.train import trial_provenance
+
+    lstm = trial_config(compose("train", ["variant=vanilla", "train.batch_size=1"]))
+    gru = trial_config(compose("train", ["variant=gru", "train.batch_size=1"]))
+    tags = trial_provenance(lstm, torch.device("cpu"))
+    key = native.build_key()
+    assert tags[TAG_COMPILED_LOOP] == (key or "off") and tags["odyssey.cpu"] == cpu_model()
+    assert tags[TAG_MACHINE_KIND] == f"cpu: {cpu_model()}; torch {torch.__version__}; compiled loop {key or 'off'}"
+    assert trial_provenance(gru, torch.device("cpu"))[TAG_COMPILED_LOOP] == "off"  # the GRU runs no compiled loop
+    assert "odyssey.cuda" not in tags and tags["odyssey.version"]
