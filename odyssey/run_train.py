@@ -1,4 +1,5 @@
-"""``odyssey train [overrides]``: one trial from ``conf/train.yaml``, with progress, logged to MLflow."""
+"""``odyssey train [overrides]``: one trial from ``conf/train.yaml``, with progress, logged to MLflow
+(with its ``config.yaml``); ``odyssey train --from-run RUN_ID`` reruns a recorded one (:mod:`odyssey.rerun`)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from odyssey.config import (
     typed,
 )
 from odyssey.errors import ConfigError, ServiceError
-from odyssey.run_schema import CONFIG_ARTIFACT, TAG_REPRODUCED, TAG_SOURCE_RUN
+from odyssey.run_schema import CONFIG_ARTIFACT, TAG_REPRODUCED, TAG_SOURCE_RUN, TAG_THREADS
 from odyssey.tasks import build_task
 from odyssey.tracking import (
     ROLE_TRAIN,
@@ -136,6 +137,11 @@ def _recorded(uri: str, run_id: str, overrides: list[str]):
     client = _client(uri)
     run, trial = recorded_trial(client, run_id, overrides)
     _, original = recorded_trial(client, run_id) if overrides else (run, trial)
+    threads = run.data.tags.get(TAG_THREADS, "")
+    if threads.isdigit() and int(threads) > 0:  # as many threads as the recorded trial had
+        import torch
+
+        torch.set_num_threads(int(threads))
     return (run, original, uri), trial
 
 
