@@ -703,7 +703,7 @@ def _by_trial_index(trials):
 
 
 @pytest.mark.slow
-def test_packed_sweep_matches_the_unpacked_sweep_and_reruns_to_the_same_table(tmp_path, mlflow_server, ray_cluster):
+def test_packed_sweep_matches_the_unpacked_sweep_and_reruns_to_the_same_table(tmp_path, mlflow_server, ray_cluster, capsys):
     """The same seeded study three times on the two-node cluster: one process per trial, then
     packs of 2 members (3 trials per search, so the third joins when a member leaves), then
     packs of 8 at another concurrency. Same trials (by index), params, tags and, bit for bit,
@@ -737,6 +737,13 @@ def test_packed_sweep_matches_the_unpacked_sweep_and_reruns_to_the_same_table(tm
                 ours = [m.value for m in sorted(client.get_metric_history(p.info.run_id, name), key=lambda m: m.step)]
                 theirs = [m.value for m in sorted(client.get_metric_history(s.info.run_id, name), key=lambda m: m.step)]
                 assert ours == theirs and len(ours) == 2, (study, key, name)
+    # One packed trial rebuilt from its record by `odyssey train --from-run`: the same numbers.
+    from odyssey.cli import main as cli_main
+
+    capsys.readouterr()
+    run_id = packed[sorted(packed)[-1]].info.run_id
+    assert cli_main(["train", "--from-run", run_id, f"tracking.uri={mlflow_server}", "tracking.enabled=false"]) == 0
+    assert "reproduced: every recorded metric of 2 epoch(s) and the final metrics is equal" in capsys.readouterr().out
 
 
 @pytest.mark.slow
