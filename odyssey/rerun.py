@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from odyssey.config import TrialConfig
     from odyssey.train import TrialResult
 
-__all__ = ["Comparison", "compare_with_run", "recorded_trial"]
+__all__ = ["Comparison", "compare_with_run", "rebuilt_config", "recorded_trial"]
 
 REBUILDABLE_ROLES = (ROLE_TRIAL, ROLE_TRAIN)
 
@@ -37,11 +37,6 @@ def recorded_trial(client: "MlflowClient", run_id: str, overrides: Sequence[str]
     """``(run, TrialConfig)``: the run and its trial's config with ``overrides`` (``key=value``)
     applied. One :class:`~odyssey.errors.OdysseyError` line when the run is missing or is not an
     odyssey trial."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from odyssey.config import trial_config
-
     try:
         run = client.get_run(run_id)
     except Exception as exc:
@@ -58,6 +53,17 @@ def recorded_trial(client: "MlflowClient", run_id: str, overrides: Sequence[str]
             text = Path(path).read_text()
         except Exception:
             raise ConfigError(f"run {run_id} ({role}) has no {CONFIG_ARTIFACT} artifact to rebuild its trial from") from None
+    return run, rebuilt_config(text, overrides)
+
+
+def rebuilt_config(text: str, overrides: Sequence[str] = ()) -> "TrialConfig":
+    """The trial config of a ``config.yaml`` text with ``key=value`` overrides (values parsed as
+    YAML: ``30``, ``1e-3``, ``null``); a key the trial does not have is a ConfigError."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from odyssey.config import trial_config
+
     cfg = OmegaConf.create(text)
     OmegaConf.set_struct(cfg, True)  # an override of a key the trial does not have is an error
     for item in overrides:
@@ -65,11 +71,11 @@ def recorded_trial(client: "MlflowClient", run_id: str, overrides: Sequence[str]
         if not sep or not key or key.startswith(("+", "~")):
             raise ConfigError(f"--from-run takes key=value overrides of the trial's config; got {item!r}")
         try:
-            OmegaConf.update(cfg, key, OmegaConf.create(f"v: {value}")["v"], merge=False)  # YAML: 30, 1e-3, null
+            OmegaConf.update(cfg, key, OmegaConf.create(f"v: {value}")["v"], merge=False)
         except OmegaConfBaseException:
             sections = ", ".join(sorted(cfg))
             raise ConfigError(f"--from-run: the trial's config has no key {key!r} (sections: {sections})") from None
-    return run, trial_config(cfg)
+    return trial_config(cfg)
 
 
 @dataclass

@@ -121,3 +121,20 @@ def test_provenance_names_the_machine_and_the_compiled_loop():
     assert tags[TAG_MACHINE_KIND] == f"cpu: {cpu_model()}; torch {torch.__version__}; compiled loop {key or 'off'}"
     assert trial_provenance(gru, torch.device("cpu"))[TAG_COMPILED_LOOP] == "off"  # the GRU runs no compiled loop
     assert "odyssey.cuda" not in tags and tags["odyssey.version"]
+
+
+def test_a_recorded_config_is_rebuilt_with_overrides_and_unknown_keys_are_one_error():
+    from odyssey.config import compose, trial_config
+    from odyssey.errors import ConfigError
+    from odyssey.rerun import rebuilt_config
+    from odyssey.tracking import config_yaml
+
+    cfg = trial_config(compose("train", [*TRIAL, "train.clip_norm=1.0"]))
+    text = config_yaml(cfg)
+    assert rebuilt_config(text) == cfg
+    longer = rebuilt_config(text, ["train.max_epochs=300", "train.lr=1e-3", "train.clip_norm=null"])
+    assert longer == cfg.replace(train={"max_epochs": 300, "lr": 1e-3, "clip_norm": None})
+    with pytest.raises(ConfigError, match="has no key 'train.max_epoch'"):
+        rebuilt_config(text, ["train.max_epoch=3"])
+    with pytest.raises(ConfigError, match="key=value overrides"):
+        rebuilt_config(text, ["+train.foo=1"])
