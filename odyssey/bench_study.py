@@ -7,7 +7,8 @@ the summed loss), E epochs each, trained three ways in one process, on each devi
 * ``single``: one trial after another with :func:`odyssey.train.train_trial` (what one Ray Tune
   worker does today);
 * ``pack``: all N as one :func:`odyssey.packs.train_pack` (``pack_grouped``: one pack per
-  distinct hidden size, the alternative to padding);
+  distinct hidden size, the alternative to padding; on the CPU, where a pack trains its members
+  one by one at their own shapes, the same computation as ``pack``);
 * ``nn.LSTM``: the reference, a plain loop of the same protocol around ``torch.nn.LSTM`` (oneDNN on
   CPU, cuDNN on CUDA), with the same data, noise, loss, optimiser and evaluation.
 

@@ -84,6 +84,21 @@ TAG_SEARCH_BUDGET = "odyssey.search_budget"
 TAG_EXTENSION = "odyssey.extension"  # search runs added by `study.extend=true`: the extension's number
 TAG_TASK_DATA_PREFIX = "odyssey.task_data."  # what a task derived from its data (Task.data_tags): task=sequences'
 #   input statistics, classes and split sizes
+TAG_SOURCE_RUN = "odyssey.source_run"  # `odyssey train --from-run`: the run it was rebuilt from
+TAG_REPRODUCED = "odyssey.reproduced"  # --from-run: "true" when every recorded metric came out equal
+
+# Provenance of trial and train runs (odyssey.provenance): what decides a trial's numbers bit for
+# bit beyond its config. ``odyssey analyze`` warns when a study's trials differ in TAG_MACHINE_KIND.
+TAG_TORCH = "odyssey.torch"  # torch.__version__
+TAG_CPU = "odyssey.cpu"  # the CPU's model name
+TAG_COMPILED_LOOP = "odyssey.compiled_loop"  # the compiled CPU loop's build key, or "off"
+TAG_THREADS = "odyssey.threads"  # torch.get_num_threads() where it trained
+TAG_DEVICE_NAME = "odyssey.device_name"  # the GPU's model, or the CPU's
+TAG_CUDA = "odyssey.cuda"  # torch.version.cuda (CUDA runs only)
+TAG_CUDNN = "odyssey.cudnn"  # torch.backends.cudnn.version() (CUDA runs only)
+TAG_ODYSSEY_VERSION = "odyssey.version"
+TAG_COMMIT = "odyssey.git_commit"  # where the source is a git checkout
+TAG_MACHINE_KIND = "odyssey.machine_kind"  # device model, torch build, compiled loop key: one line
 
 # Experiment tags. MLflow 3's UI picks an experiment's layout from mlflow.experimentKind: without
 # it, it opens on its GenAI view ("Send your first trace"); every odyssey experiment is model training.

@@ -65,6 +65,17 @@ def trial_tags(cfg: "TrialConfig", *, primary_metric: str, lower_is_better: bool
     }
 
 
+def config_yaml(cfg: "TrialConfig") -> str:
+    """The trial's resolved config (every section, the sampled values and the seed) as YAML: the
+    ``config.yaml`` artifact of trial and train runs, from which ``odyssey train --from-run``
+    rebuilds the trial (:mod:`odyssey.rerun`)."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(cfg)))
+
+
 def get_or_create_experiment(client: "MlflowClient", name: str) -> str:
     """The id of the experiment called ``name``, created if missing (restored if deleted), marked
     as model training (``mlflow.experimentKind``): MLflow 3's UI then opens it, and every run page,
@@ -273,6 +284,7 @@ class MlflowTrialLogger:
         if result is not None:
             tags.append(RunTag(TAG_BUDGET_REACHED, str(result.budget_reached).lower()))
             tags.append(RunTag(TAG_DEVICE, result.device))
+            tags += [RunTag(k, v) for k, v in result.provenance.items()]
 
         def send() -> None:
             if not self.flush():

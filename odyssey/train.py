@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -40,10 +41,14 @@ from odyssey.cells import native
 from odyssey.config import TrialConfig
 from odyssey.model import SequenceModel, build_model
 from odyssey.noise import gaussian_noise, stream_keys
+from odyssey.provenance import provenance
 from odyssey.tasks import Task, build_task
 from odyssey.tasks.resident import ResidentSplit
 
-__all__ = ["EpochReport", "TrialResult", "device_label", "evaluate", "input_noise", "resolve_device", "train_trial"]
+__all__ = [
+    "EpochReport", "TrialResult", "deterministic_cuda", "device_label", "evaluate", "input_noise", "resolve_device",
+    "train_epoch", "train_trial", "trial_checkpoint", "trial_provenance", "trial_state", "uses_compiled_loop",
+]  # fmt: skip
 
 COMPLETED, DIVERGED = "completed", "diverged"
 
@@ -78,6 +83,8 @@ class TrialResult:
     test: dict[str, float]  # test metrics at the best epoch
     budget_reached: bool = True  # the trial ended by its own protocol (not cut short)
     device: str = "cpu"  # where it trained: "cpu" or "cuda:N (<GPU name>)"
+    # Run tags (odyssey.provenance): torch, CPU, compiled loop, threads, GPU, versions.
+    provenance: dict[str, str] = field(default_factory=dict, compare=False)
 
     def final_metrics(self) -> dict[str, float]:
         out = {f"test/{k}": v for k, v in self.test.items()}
@@ -127,6 +134,19 @@ def eval_batch_size(cfg: TrialConfig, device: torch.device) -> int:
     if cfg.variant.family == "lstm" and torch.device(device).type == "cpu" and native.lstm_loop() is not None:
         return 1
     return EVAL_BATCH_SIZE
+
+
+def uses_compiled_loop(cfg: TrialConfig, device: torch.device) -> bool:
+    """Whether the trial's LSTM steps run in the compiled CPU loop (batch 1 on the CPU, in
+    training or in evaluation), for its provenance."""
+    if cfg.variant.family != "lstm" or torch.device(device).type != "cpu" or native.lstm_loop() is None:
+        return False
+    return cfg.train.batch_size == 1 or eval_batch_size(cfg, device) == 1
+
+
+def trial_provenance(cfg: TrialConfig, device: torch.device) -> dict[str, str]:
+    """The provenance tags of a trial trained here (:func:`odyssey.provenance.provenance`)."""
+    return provenance(device, compiled_loop=uses_compiled_loop(cfg, device))
 
 
 @torch.no_grad()
@@ -180,6 +200,63 @@ def _train_epoch(model, task: Task, optimizer, cfg: TrialConfig, data: ResidentS
     return total / max(batches, 1)
 
 
+def deterministic_cuda(device: torch.device) -> None:
+    """On CUDA, ask torch for deterministic algorithms (where it offers them; a warning, not an
+    error, where it does not) and cuBLAS for its deterministic workspace, so that a trial, or a
+    pack, computes the same numbers every time it runs on the same kind of GPU. A no-op on CPU,
+    whose kernels are deterministic already."""
+    if torch.device(device).type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS first starts
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    # ... but without its NaN fill of every torch.empty: the fused loop's buffers are written
+    # before they are read, and the fill would cost a pass over each.
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def trial_state(cfg: TrialConfig, task: Task, device: torch.device, resume_from: dict | None = None):
+    """A trial's starting point: ``(model, optimizer, generator, trainer state)``.
+
+    The initial weights come from ``torch.manual_seed(cfg.seed)`` (drawn on the CPU: the same
+    weights on any device), the data order from its own generator seeded likewise; ``resume_from``
+    (a :func:`trial_checkpoint`) replaces all four. A trial alone and a pack's member on the CPU
+    (:mod:`odyssey.packs.trainer`) both start here, so they are the same trial bit for bit.
+    """
+    torch.manual_seed(cfg.seed)
+    tr = cfg.train
+    model = build_model(cfg, task).to(device=device, dtype=DTYPES[tr.dtype])
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=step_size(tr), momentum=tr.momentum, nesterov=tr.nesterov and tr.momentum > 0
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)  # the data order; the noise is counter-based
+    st = {"epoch": 0, "best": None, "best_epoch": 0, "stale": 0, "best_val": {}, "test": {}}
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        gen.set_state(resume_from["generator"])
+        st = dict(resume_from["trainer"])
+    return model, optimizer, gen, st
+
+
+def trial_checkpoint(model: SequenceModel, optimizer, gen: torch.Generator, st: dict) -> dict:
+    """A ``torch.save``-able state that ``train_trial(resume_from=...)`` continues from."""
+    return {
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "optimizer": copy.deepcopy(optimizer.state_dict()),  # buffers change in place
+        "generator": gen.get_state(),
+        "trainer": dict(st),
+    }
+
+
+def train_epoch(model, task: Task, optimizer, cfg: TrialConfig, data: ResidentSplit, gen: torch.Generator, epoch: int) -> float:
+    """One epoch of one trial in its own data order (drawn from ``gen``); its mean training loss
+    (one host sync). What ``train_trial`` and a pack's member on the CPU both run."""
+    order = torch.randperm(len(data), generator=gen)
+    return float(_train_epoch(model, task, optimizer, cfg, data, order, epoch))
+
+
 def train_trial(
     cfg: TrialConfig,
     *,
@@ -197,40 +274,23 @@ def train_trial(
         task: a prebuilt task (else built from ``cfg.task``).
         progress: show a progress bar on stderr.
     """
-    torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.train.device)
+    deterministic_cuda(device)
     task = task or build_task(cfg.task)
     tr = cfg.train
-    dtype = DTYPES[tr.dtype]
-    model = build_model(cfg, task).to(device=device, dtype=dtype)  # initialised on the CPU: same weights anywhere
-    data = {name: ResidentSplit(task.splits[name], device, dtype) for name in ("train", "valid", "test")}
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=step_size(tr), momentum=tr.momentum, nesterov=tr.nesterov and tr.momentum > 0
-    )
-    gen = torch.Generator().manual_seed(cfg.seed)  # the data order; the noise is counter-based
+    model, optimizer, gen, st = trial_state(cfg, task, device, resume_from)
+    data = {name: ResidentSplit(task.splits[name], device, DTYPES[tr.dtype]) for name in ("train", "valid", "test")}
     primary = task.primary_metric
-    st = {"epoch": 0, "best": None, "best_epoch": 0, "stale": 0, "best_val": {}, "test": {}}
-    if resume_from is not None:
-        model.load_state_dict(resume_from["model"])
-        optimizer.load_state_dict(resume_from["optimizer"])
-        gen.set_state(resume_from["generator"])
-        st = dict(resume_from["trainer"])
 
     def checkpoint() -> dict:
-        return {
-            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            "optimizer": copy.deepcopy(optimizer.state_dict()),  # buffers change in place
-            "generator": gen.get_state(),
-            "trainer": dict(st),
-        }
+        return trial_checkpoint(model, optimizer, gen, st)
 
     eval_size = eval_batch_size(cfg, device)
     bar = _progress_bar(tr.max_epochs, st["epoch"], f"{cfg.variant.label()}/{cfg.task.name}") if progress else None
     status, reason = COMPLETED, resumed_stop_reason(st, tr) or "max_epochs"
     while st["epoch"] < tr.max_epochs and reason != "early_stopping":
         epoch = st["epoch"] + 1
-        order = torch.randperm(len(data["train"]), generator=gen)
-        train_loss = float(_train_epoch(model, task, optimizer, cfg, data["train"], order, epoch))
+        train_loss = train_epoch(model, task, optimizer, cfg, data["train"], gen, epoch)
         val = evaluate(model, task, data["valid"], eval_size) if math.isfinite(train_loss) else {}
         if not math.isfinite(train_loss) or not math.isfinite(val.get(primary, math.nan)):
             status, reason = DIVERGED, "diverged"
@@ -249,7 +309,7 @@ def train_trial(
             bar.set_postfix({"loss": f"{train_loss:.4g}", primary: f"{val[primary]:.4g}", "best": st["best_epoch"]})
         if st["stale"] >= tr.patience:
             reason = "early_stopping"
-        final = _result(status, reason, st, model) if reason == "early_stopping" or epoch == tr.max_epochs else None
+        final = _result(status, reason, st, model, trial_provenance(cfg, device)) if reason == "early_stopping" or epoch == tr.max_epochs else None
         if callback is not None:
             callback(EpochReport(epoch, metrics, st["best_epoch"], improved, checkpoint, final))
         if final is not None:
@@ -259,7 +319,7 @@ def train_trial(
     if status == DIVERGED:
         worst = task.worst_metrics()
         st = {**st, "best_val": worst, "test": worst}
-    return _result(status, reason, st, model)
+    return _result(status, reason, st, model, trial_provenance(cfg, device))
 
 
 def resumed_stop_reason(st: dict, tr) -> str | None:
@@ -270,11 +330,12 @@ def resumed_stop_reason(st: dict, tr) -> str | None:
     return "max_epochs" if st["epoch"] >= tr.max_epochs else None
 
 
-def _result(status: str, reason: str, st: dict, model: SequenceModel) -> TrialResult:
+def _result(status: str, reason: str, st: dict, model: SequenceModel, tags: dict[str, str]) -> TrialResult:
     device = device_label(next(model.parameters()).device)
     return TrialResult(
-        status, reason, st["epoch"], st["best_epoch"], model.num_parameters(), st["best_val"], st["test"], device=device
-    )
+        status, reason, st["epoch"], st["best_epoch"], model.num_parameters(), st["best_val"], st["test"], device=device,
+        provenance=tags,
+    )  # fmt: skip
 
 
 def _progress_bar(total: int, initial: int, desc: str):

@@ -1,4 +1,6 @@
-"""Trial packs: a trial trained in a pack is the same trial as alone (``train_trial``).
+"""Trial packs, stacked (CUDA's way, run here on the CPU): a trial trained in a stacked pack is
+the same trial as alone (``train_trial``) up to float rounding. (On the CPU a pack trains its
+members one by one by default, bit for bit as alone: tests/test_reproducible.py.)
 
 Tolerances. float64: 1e-10 relative. The pack computes the same sums as the trial alone, but
 over padded tensors (longer steps, wider batches, larger hidden sizes with zero entries), so
@@ -60,6 +62,7 @@ def run_packed(cfgs, task, **kwargs):
         if report.result is not None:
             weights[i] = report.checkpoint()["model"]
 
+    kwargs.setdefault("stacked", True)
     results = train_pack(cfgs, task=task, callback=callback, **kwargs)
     return results, reports, weights
 
@@ -181,7 +184,7 @@ def test_a_member_removed_between_epochs_leaves_the_others_unchanged_and_checkpo
     cfgs = member_configs("train.dtype=float64", members=MEMBERS[:2])
     task = build_task(cfgs[0].task)
     alone = [run_alone(c, task) for c in cfgs]
-    trainer = PackTrainer(task, device=torch.device("cpu"), dtype=torch.float64)
+    trainer = PackTrainer(task, device=torch.device("cpu"), dtype=torch.float64, stacked=True)
     for i, c in enumerate(cfgs):
         trainer.add(i, c)
     first = {e.key: e for e in trainer.run_epoch()}
@@ -205,7 +208,7 @@ def test_a_member_joining_a_running_pack_leaves_the_others_unchanged():
     cfgs = member_configs("train.dtype=float64", "variant=fgr", members=MEMBERS[:3])
     task = build_task(cfgs[0].task)
     alone = [run_alone(c, task) for c in cfgs]
-    trainer = PackTrainer(task, device=torch.device("cpu"), dtype=torch.float64)
+    trainer = PackTrainer(task, device=torch.device("cpu"), dtype=torch.float64, stacked=True)
     trainer.add(0, cfgs[0])
     trainer.add(1, cfgs[1])
     reports, results = {0: [], 1: [], 2: []}, {}
@@ -235,7 +238,7 @@ def test_a_member_resumed_from_its_final_checkpoint_ends_without_training(stop):
     final = reports[-1].checkpoint()
     again = []
     assert train_trial(cfg, callback=again.append, resume_from=final, task=task) == result and again == []
-    trainer = PackTrainer(task, device=torch.device("cpu"), dtype=torch.float64)
+    trainer = PackTrainer(task, device=torch.device("cpu"), dtype=torch.float64, stacked=True)
     trainer.add("late", cfg, resume_from=final)
     (event,) = trainer.run_epoch()
     assert event.report is None and event.result == result and len(trainer) == 0

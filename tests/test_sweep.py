@@ -785,36 +785,47 @@ def _by_trial_index(trials):
 
 
 @pytest.mark.slow
-def test_packed_sweep_matches_the_unpacked_sweep(tmp_path, mlflow_server, ray_cluster):
-    """The same seeded study twice on the two-node cluster: one process per trial, then packs of
-    2 members (3 trials per search, so the third joins when a member leaves). Same trials (by
-    index), params, per-epoch metrics (to 1e-4: float32, see test_packs.py), final metrics and
-    tags; no duplicate runs or steps."""
+def test_packed_sweep_matches_the_unpacked_sweep_and_reruns_to_the_same_table(tmp_path, mlflow_server, ray_cluster, capsys):
+    """The same seeded study three times on the two-node cluster: one process per trial, then
+    packs of 2 members (3 trials per search, so the third joins when a member leaves), then
+    packs of 8 at another concurrency. Same trials (by index), params, tags and, bit for bit,
+    per-epoch and final metrics (a CPU pack trains each member as alone: test_reproducible.py);
+    no duplicate runs or steps."""
     from odyssey.sweep.cli import sweep_main
 
     common = [f"tracking.uri={mlflow_server}", f"ray.address={ray_cluster.address}"]
     one = {"variants": ("nfg",)}  # both searches of a study running at once: test_sweep_end_to_end
     assert sweep_main([*tiny(tmp_path / "a", "unpacked", **one), *common, "execution=single"]) == 0
     assert sweep_main([*tiny(tmp_path / "b", "packed", **one), *common, "execution=pack", "execution.members=2"]) == 0
+    assert sweep_main([*tiny(tmp_path / "c", "packed8", **one), *common, "execution=pack", "execution.members=8",
+                       "study.max_concurrent_trials=3"]) == 0  # fmt: skip
     client, _, single = assert_study(mlflow_server, "unpacked", variants=["nfg"], samples=3, epochs=2)
-    _, parents, packed = assert_study(mlflow_server, "packed", variants=["nfg"], samples=3, epochs=2)
-    single, packed = _by_trial_index(single), _by_trial_index(packed)
-    assert single.keys() == packed.keys() and len(packed) == 3
-    ignore_params = {"study.name", "study.storage_path"}
-    for key, s in single.items():
-        p = packed[key]
-        assert {k: v for k, v in p.data.params.items() if k not in ignore_params} == {
-            k: v for k, v in s.data.params.items() if k not in ignore_params
-        }
-        same_tags = {k: v for k, v in s.data.tags.items() if k.startswith("odyssey.") and k not in (TAG_TRIAL_ID, "odyssey.study")}
-        assert {k: p.data.tags.get(k) for k in same_tags} == same_tags
-        assert p.data.metrics.keys() == s.data.metrics.keys()
-        for name, value in s.data.metrics.items():
-            assert p.data.metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-7), (key, name)
-        for name in ("train/loss", "val/mse"):
-            ours = [m.value for m in sorted(client.get_metric_history(p.info.run_id, name), key=lambda m: m.step)]
-            theirs = [m.value for m in sorted(client.get_metric_history(s.info.run_id, name), key=lambda m: m.step)]
-            assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-7), (key, name)
+    single = _by_trial_index(single)
+    for study in ("packed", "packed8"):
+        _, parents, packed = assert_study(mlflow_server, study, variants=["nfg"], samples=3, epochs=2)
+        packed = _by_trial_index(packed)
+        assert single.keys() == packed.keys() and len(packed) == 3
+        ignore_params = {"study.name", "study.storage_path"}
+        for key, s in single.items():
+            p = packed[key]
+            assert {k: v for k, v in p.data.params.items() if k not in ignore_params} == {
+                k: v for k, v in s.data.params.items() if k not in ignore_params
+            }
+            same_tags = {k: v for k, v in s.data.tags.items() if k.startswith("odyssey.") and k not in (TAG_TRIAL_ID, "odyssey.study")}
+            assert {k: p.data.tags.get(k) for k in same_tags} == same_tags
+            assert {"odyssey.machine_kind", "odyssey.torch", "odyssey.threads", "odyssey.compiled_loop"} <= same_tags.keys()
+            assert p.data.metrics == s.data.metrics, (study, key)  # exactly: test/*, best_val/*, hp/*, epochs
+            for name in ("train/loss", "val/mse", "val/accuracy"):
+                ours = [m.value for m in sorted(client.get_metric_history(p.info.run_id, name), key=lambda m: m.step)]
+                theirs = [m.value for m in sorted(client.get_metric_history(s.info.run_id, name), key=lambda m: m.step)]
+                assert ours == theirs and len(ours) == 2, (study, key, name)
+    # One packed trial rebuilt from its record by `odyssey train --from-run`: the same numbers.
+    from odyssey.cli import main as cli_main
+
+    capsys.readouterr()
+    run_id = packed[sorted(packed)[-1]].info.run_id
+    assert cli_main(["train", "--from-run", run_id, f"tracking.uri={mlflow_server}", "tracking.enabled=false"]) == 0
+    assert "reproduced: every recorded metric of 2 epoch(s) and the final metrics is equal" in capsys.readouterr().out
 
 
 @pytest.mark.slow

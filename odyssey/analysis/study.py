@@ -16,7 +16,8 @@ categorical's index among its recorded choices), then ``val`` (``best_val/<m>``)
 (``test/<m>``) for the primary metric ``m``, ``params_count``, ``budget_reached``
 (True/False/None when the tag is absent), ``seed`` (the trial's, tag ``odyssey.seed``),
 ``search`` (the searcher that drew it, ``random`` or ``tpe``; None without the tag), ``epochs``, ``max_epochs`` (the budget,
-param ``train.max_epochs``), ``start_time``, ``end_time`` (seconds since the epoch).
+param ``train.max_epochs``), ``start_time``, ``end_time`` (seconds since the epoch),
+``machine_kind`` (tag ``odyssey.machine_kind``: device model, torch build, compiled loop).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from odyssey.run_schema import (
     ROLE_TRIAL,
     TAG_BUDGET_REACHED,
     TAG_LOWER_IS_BETTER,
+    TAG_MACHINE_KIND,
     TAG_PARAMS_COUNT,
     TAG_PRIMARY_METRIC,
     TAG_SEARCH,
@@ -120,6 +122,7 @@ def _trial_row(run) -> dict:
         "max_epochs": _float(params.get("train.max_epochs")),
         "start_time": (run.info.start_time or 0) / 1000.0,
         "end_time": (run.info.end_time or 0) / 1000.0,
+        "machine_kind": tags.get(TAG_MACHINE_KIND),  # None for runs from before provenance tags
         "_metrics": metrics,
         "_params": params,
     }
@@ -151,6 +154,7 @@ def _fill_metric(rows: list[dict]) -> None:
 LEADING_COLUMNS = ["run_id", "parent_run_id", "task", "variant", "status", "metric", "lower_is_better"]
 TRAILING_COLUMNS = [
     "val", "test", "params_count", "budget_reached", "seed", "search", "epochs", "max_epochs", "start_time", "end_time",
+    "machine_kind",
 ]  # fmt: skip
 
 
@@ -261,8 +265,9 @@ def load_study(name: str, *, tracking_uri: str | None = None) -> Study:
 
 def mixed_sweeps(study: Study) -> list[str]:
     """What makes a study more than one sweep, one sentence each: a search with several parent
-    runs (independent sweeps pooled into one sample), or trials with different epoch budgets
-    (within a search, or between the searches that the Welch test compares)."""
+    runs (independent sweeps pooled into one sample), trials with different epoch budgets
+    (within a search, or between the searches that the Welch test compares), or trials that ran
+    on different kinds of machine (``odyssey.machine_kind``)."""
     problems = []
     parents = study.searches.groupby(["task", "variant"]).size()
     for (task, variant), n in parents.items():
@@ -286,6 +291,10 @@ def mixed_sweeps(study: Study) -> list[str]:
         if per_search.nunique() > 1:
             shown = ", ".join(f"{v}: {'/'.join(map(str, b))}" for v, b in per_search.items())
             problems.append(f"task {task}: the variants were trained with different epoch budgets ({shown})")
+    kinds = study.trials["machine_kind"].dropna().value_counts() if "machine_kind" in study.trials else []
+    if len(kinds) > 1:  # the same trial gives other numbers there: a rerun may not match
+        shown = "; ".join(f"{k!r} ({n} trials)" for k, n in kinds.items())
+        problems.append(f"its trials ran on {len(kinds)} kinds of machine ({shown}): their numbers are not bitwise comparable")
     return problems
 
 

@@ -34,7 +34,10 @@ import torch
 if TYPE_CHECKING:
     from odyssey.cells.recurrence import Layout
 
-__all__ = ["NativeUnavailable", "activation", "kernel_dir", "loop_for", "lstm_backward", "lstm_forward", "lstm_loop", "native_enabled"]
+__all__ = [
+    "NativeUnavailable", "activation", "build_key", "kernel_dir", "loop_for", "lstm_backward", "lstm_forward", "lstm_loop",
+    "native_enabled",
+]  # fmt: skip
 
 SOURCE = Path(__file__).with_name("lstm_loop.cpp")
 FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-std=c++17", "-shared", "-fPIC")
@@ -139,14 +142,16 @@ def _find_or_build() -> ctypes.CDLL:
     if not target.exists():
         _build(compiler, target)
     try:
-        return _load(target)
+        lib = _load(target)
     except OSError as exc:  # a truncated or foreign file under the key: build it again, once
         target.unlink(missing_ok=True)
         _build(compiler, target)
         try:
-            return _load(target)
+            lib = _load(target)
         except OSError:
             raise NativeUnavailable(f"cannot load {target}: {exc}") from None
+    lib.odyssey_build_key = key
+    return lib
 
 
 @functools.lru_cache(maxsize=1)
@@ -164,6 +169,14 @@ def lstm_loop() -> ctypes.CDLL | None:
         _warned(str(lib))
         return None
     return lib
+
+
+def build_key() -> str | None:
+    """The key of the loaded library (it hashes the source, the compiler, its flags and the
+    CPU): two runs with the same key ran the same machine code. None when the loop is off or
+    unavailable."""
+    lib = lstm_loop()
+    return None if lib is None else lib.odyssey_build_key
 
 
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}

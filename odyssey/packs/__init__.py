@@ -1,5 +1,8 @@
 """Trial packs: many trials of one search trained at once on one device, each still its own trial.
 
+On the CPU a pack trains each member with its own model, through ``train_trial``'s code (bit
+for bit the same trial as alone); on CUDA the members are stacked:
+
 * :mod:`odyssey.packs.model` - members' weights stacked on a member axis, exact padding masks.
 * :mod:`odyssey.packs.optim` - the vectorized Nesterov SGD step, per-member hyperparameters.
 * :mod:`odyssey.packs.trainer` - :func:`train_pack` and the :class:`PackTrainer` engine (members

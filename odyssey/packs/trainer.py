@@ -11,15 +11,27 @@ step. Every member keeps everything that makes its trial its own:
 * its hyperparameters (hidden size, step size, momentum, Nesterov, noise, batch size, clipping
   by norm and by value, epochs, patience) and its own epoch counter, early stopping and best-epoch test metrics.
 
-Minibatches are padded to the longest sequence of the update and to the largest batch size, with
-masks, so the extra steps and columns contribute exact zeros. So a member's metrics, best epoch,
-status and weights are those of the same trial alone, up to float rounding (summation order),
-whatever the other members are and whenever they join or leave. Members leave at epoch ends
-(early stopping, budget, divergence, or :meth:`PackTrainer.remove`), and new ones join there:
-the pack's tensors are rebuilt from the members' own (unpadded) states.
+Two ways to train the members, chosen by the device (``PackTrainer(stacked=...)``):
 
-Costs: a pack update takes as many steps as its longest sequence (JSB: 25-160 steps, mean 61), and
-the padded columns of members with smaller minibatches are computed too.
+* **Per member (the CPU).** Each member keeps its own :class:`~odyssey.model.SequenceModel` and
+  ``torch.optim.SGD``, and every epoch runs :func:`odyssey.train.train_epoch` and
+  :func:`odyssey.train.evaluate` on them: the very code of ``train_trial``, on tensors of the
+  member's own shapes. So a member's metrics, best epoch, status and weights are *bit for bit*
+  those of the same trial alone, whatever the other members are, in any order, whenever they
+  join or leave, and when one diverges. (Padded shapes would not do: BLAS picks its blocking, and
+  ATen its vector lanes and tails, by shape, so padding changes the order of a member's sums; at
+  the paper's learning rates online SGD amplifies a 1e-7 difference to 0.1-0.5 NLL in 15 epochs.)
+* **Stacked (CUDA).** The members' weights are stacked and padded to the largest hidden size
+  (:class:`~odyssey.packs.model.PackedSequenceModel`), and each update is one forward and backward
+  of all members and one :class:`~odyssey.packs.optim.PackedSGD` step. Minibatches are padded to
+  the longest sequence of the update and to the largest batch size, with masks, so the extra
+  steps and columns contribute exact zeros: a member's numbers are those of the same trial alone
+  up to float rounding (summation order), and deterministic for a given pack
+  (:func:`odyssey.train.deterministic_cuda`). A pack update takes as many steps as its longest
+  sequence (JSB: 25-160 steps, mean 61), and the padded columns are computed too.
+
+Members leave at epoch ends (early stopping, budget, divergence, or :meth:`PackTrainer.remove`),
+and new ones join there (stacked: the pack's tensors are rebuilt from the members' own states).
 """
 
 from __future__ import annotations
@@ -41,12 +53,18 @@ from odyssey.train import (
     DTYPES,
     EpochReport,
     TrialResult,
+    deterministic_cuda,
     device_label,
     eval_batch_size,
+    evaluate,
     input_noise,
     resolve_device,
     resumed_stop_reason,
     step_size,
+    train_epoch,
+    trial_checkpoint,
+    trial_provenance,
+    trial_state,
 )
 
 from odyssey.packs.model import PackedSequenceModel
@@ -74,6 +92,8 @@ class _Member:
     state: dict[str, torch.Tensor] | None  # own weights while not in the stacked tensors
     buffers: dict[str, torch.Tensor] | None  # own momentum buffers, likewise
     params_count: int
+    model: torch.nn.Module | None = None  # per-member packs: its own model and optimizer
+    optimizer: torch.optim.Optimizer | None = None
 
 
 def _family(cfg: TrialConfig) -> dict:
@@ -111,10 +131,14 @@ class PackTrainer:
     Args:
         task: the task every member trains on (its splits are made resident on ``device`` once).
         device, dtype: where and in what precision the pack trains.
+        stacked: train the members as one stacked, padded model (default: on CUDA), else each
+            with its own model, bit for bit as alone (default: on the CPU); see the module doc.
     """
 
-    def __init__(self, task: Task, *, device: torch.device, dtype: torch.dtype):
-        self.task, self.device, self.dtype = task, device, dtype
+    def __init__(self, task: Task, *, device: torch.device, dtype: torch.dtype, stacked: bool | None = None):
+        self.task, self.device, self.dtype = task, torch.device(device), dtype
+        self.stacked = self.device.type != "cpu" if stacked is None else stacked
+        deterministic_cuda(self.device)
         self.data = {name: ResidentSplit(task.splits[name], device, dtype) for name in ("train", "valid", "test")}
         self._members: list[_Member] = []
         self._model: PackedSequenceModel | None = None
@@ -136,6 +160,22 @@ class PackTrainer:
             raise ValueError(f"pack member {key!r} is already in the pack")
         if self._members:
             check_pack([self._members[0].cfg, cfg])
+        member = self._stacked_member(key, cfg, resume_from) if self.stacked else self._own_member(key, cfg, resume_from)
+        done = resumed_stop_reason(member.st, cfg.train)
+        if done is not None:  # its checkpoint was its last epoch: it ends without training
+            self._ended.append(PackEvent(key, None, self._result(member, COMPLETED, done, member.st)))
+            return
+        self._sync_out()  # the members already training keep their state through the rebuild
+        self._members.append(member)
+        self._model = None  # rebuilt at the next epoch
+
+    def _own_member(self, key: Hashable, cfg: TrialConfig, resume_from: dict | None) -> _Member:
+        """A member with its own model and optimizer, as ``train_trial`` builds them."""
+        model, optimizer, gen, st = trial_state(cfg, self.task, self.device, resume_from)
+        return _Member(key, cfg, gen, st, None, None, model.num_parameters(), model, optimizer)
+
+    def _stacked_member(self, key: Hashable, cfg: TrialConfig, resume_from: dict | None) -> _Member:
+        """A member whose own (CPU) state waits for the next build of the stacked tensors."""
         torch.manual_seed(cfg.seed)  # the same initial weights as train_trial
         model = build_model(cfg, self.task)
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -150,14 +190,7 @@ class PackTrainer:
             gen.set_state(resume_from["generator"])
             st = dict(resume_from["trainer"])
         count = sum(v.numel() for v in state.values())
-        member = _Member(key, cfg, gen, st, state, buffers, count)
-        done = resumed_stop_reason(st, cfg.train)
-        if done is not None:  # its checkpoint was its last epoch: it ends without training
-            self._ended.append(PackEvent(key, None, self._result(member, COMPLETED, done, st)))
-            return
-        self._sync_out()  # the members already training keep their state through the rebuild
-        self._members.append(member)
-        self._model = None  # rebuilt at the next epoch
+        return _Member(key, cfg, gen, st, state, buffers, count)
 
     def remove(self, key: Hashable) -> None:
         """Take a member out (a scheduler stopped it); the others continue unchanged. Unknown
@@ -224,11 +257,12 @@ class PackTrainer:
         return ended + self._train_members()
 
     def _train_members(self) -> list[PackEvent]:
-        if self._model is None:
+        if self.stacked and self._model is None:
             self._build()
         members, task = self._members, self.task
-        train_loss = self._train_epoch()
-        val = self._evaluate("valid")
+        train_loss = self._train_epoch() if self.stacked else self._train_each()
+        finite = [j for j, loss in enumerate(train_loss) if math.isfinite(loss)]
+        val = self._evaluate("valid") if self.stacked else self._evaluate_each("valid", finite)
         primary = task.primary_metric
         events, improved = [], []
         for j, m in enumerate(members):
@@ -248,7 +282,7 @@ class PackTrainer:
                 m.st["stale"] += 1
             m.st["epoch"] = epoch
             events.append(PackEvent(m.key, None, None))  # filled in below
-        test = self._evaluate("test") if improved else {}
+        test = (self._evaluate("test") if self.stacked else self._evaluate_each("test", improved)) if improved else {}
         for j in improved:
             members[j].st["test"] = {name: values[j] for name, values in test.items()}
         for j, m in enumerate(members):
@@ -274,12 +308,14 @@ class PackTrainer:
     def _result(self, m: _Member, status: str, reason: str, st: dict) -> TrialResult:
         return TrialResult(
             status, reason, st["epoch"], st["best_epoch"], m.params_count, st["best_val"], st["test"],
-            device=device_label(self.device),
+            device=device_label(self.device), provenance=trial_provenance(m.cfg, self.device),
         )  # fmt: skip
 
     def _checkpointer(self, j: int) -> Callable[[], dict]:
         """Member j's checkpoint in ``train_trial``'s format (valid until the pack changes)."""
         version, m = self._version, self._members[j]
+        if not self.stacked:
+            return lambda: trial_checkpoint(m.model, m.optimizer, m.gen, m.st)
 
         def checkpoint() -> dict:
             if m.state is not None:  # left the pack after this epoch: its own copies
@@ -298,8 +334,23 @@ class PackTrainer:
 
         return checkpoint
 
+    def _train_each(self) -> list[float]:
+        """One epoch of every member with its own model: ``train_trial``'s epoch, member by member."""
+        data = self.data["train"]
+        return [train_epoch(m.model, self.task, m.optimizer, m.cfg, data, m.gen, m.st["epoch"] + 1) for m in self._members]
+
+    def _evaluate_each(self, split: str, which: Sequence[int]) -> dict[str, list[float]]:
+        """Members ``which``'s metrics on a split, each with its own model at its own evaluation
+        batch size, as ``train_trial``; NaN for the others."""
+        out: dict[str, list[float]] = {}
+        for j in which:
+            m = self._members[j]
+            for name, value in evaluate(m.model, self.task, self.data[split], eval_batch_size(m.cfg, self.device)).items():
+                out.setdefault(name, [math.nan] * len(self._members))[j] = value
+        return out
+
     def _train_epoch(self) -> list[float]:
-        """One epoch of every member; returns each member's mean training loss (one host sync)."""
+        """One epoch of every stacked member; returns each member's mean training loss (one host sync)."""
         members, data, model, opt, task = self._members, self.data["train"], self._model, self._opt, self.task
         M, N = len(members), len(data)
         sizes = [m.cfg.train.batch_size for m in members]
@@ -335,7 +386,7 @@ class PackTrainer:
 
     @torch.no_grad()
     def _evaluate(self, split: str) -> dict[str, list[float]]:
-        """Every member's metrics on a split, each batch shared by all members (one host sync)."""
+        """Every stacked member's metrics on a split, each batch shared by all members (one host sync)."""
         size = min(eval_batch_size(m.cfg, self.device) for m in self._members)
         metrics = self.data[split].metric_totals(self._model, self.task, size)  # shared inputs: (M,) each
         return {name: values.tolist() for name, values in metrics.items()}
@@ -359,6 +410,7 @@ def train_pack(
     task: Task | None = None,
     callback: Callable[[int, EpochReport], None] | None = None,
     pack_size: int | None = None,
+    stacked: bool | None = None,
 ) -> list[TrialResult]:
     """Train ``configs`` as one pack until every member has ended; their results, in order.
 
@@ -370,8 +422,10 @@ def train_pack(
             ``train_trial``'s callback (none for the epoch in which a member diverges).
         pack_size: at most this many members train at once (default: all); the others join as
             members leave, in order (continuous batching).
+        stacked: see :class:`PackTrainer` (default: stacked on CUDA, per member on the CPU).
 
-    Each result equals ``train_trial(configs[i])``'s up to float rounding (see the module doc).
+    On the CPU each result is ``train_trial(configs[i])``'s bit for bit; stacked, up to float
+    rounding (see the module doc).
 
     Example:
         >>> results = train_pack([cfg.replace(seed=s) for s in range(8)])  # doctest: +SKIP
@@ -382,7 +436,7 @@ def train_pack(
         raise ConfigError(f"pack_size={pack_size!r} is invalid: expected an integer >= 1 (or None: all members at once)")
     first = configs[0]
     task = task or build_task(first.task)
-    trainer = PackTrainer(task, device=resolve_device(first.train.device), dtype=DTYPES[first.train.dtype])
+    trainer = PackTrainer(task, device=resolve_device(first.train.device), dtype=DTYPES[first.train.dtype], stacked=stacked)
     queue = list(enumerate(configs))
     results: list[TrialResult | None] = [None] * len(configs)
     limit = pack_size or len(configs)

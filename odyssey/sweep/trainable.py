@@ -34,6 +34,7 @@ from odyssey.tracking import (
     TAG_STATUS,
     TAG_STUDY,
     TAG_TRIAL_ID,
+    config_yaml,
     trial_tags,
 )
 
@@ -157,15 +158,6 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             monitor.finish()
 
 
-
-
-def config_yaml(cfg) -> str:
-    """The trial's resolved config (every section, the sampled values and the seed) as YAML."""
-    import dataclasses
-
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(cfg)))
 
 
 def log_hyperparameters(logger, coordinates: dict[str, float]) -> None:
