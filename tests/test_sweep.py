@@ -802,8 +802,10 @@ def test_packed_sweep_matches_the_unpacked_sweep(tmp_path, mlflow_server, ray_cl
         }
         same_tags = {k: v for k, v in s.data.tags.items() if k.startswith("odyssey.") and k not in (TAG_TRIAL_ID, "odyssey.study")}
         assert {k: p.data.tags.get(k) for k in same_tags} == same_tags
-        assert p.data.metrics.keys() == s.data.metrics.keys()
-        for name, value in s.data.metrics.items():
+        # system/* (the node's CPU, memory...) are sampled every 10 s: a few-second trial may have none
+        computed = {k: v for k, v in s.data.metrics.items() if not k.startswith("system/")}
+        assert {k for k in p.data.metrics if not k.startswith("system/")} == computed.keys()
+        for name, value in computed.items():
             assert p.data.metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-7), (key, name)
         for name in ("train/loss", "val/mse"):
             ours = [m.value for m in sorted(client.get_metric_history(p.info.run_id, name), key=lambda m: m.step)]
