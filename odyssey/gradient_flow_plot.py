@@ -141,16 +141,19 @@ def run(variants: Sequence[str], overrides: Sequence[str], *, out: Path, train_e
     tracking = typed(compose("train", list(overrides)).get("tracking"), TrackingConfig, "tracking")
     task = build_task(configs[0].task)
     title = figure_title(configs[0])
-    say = lambda text: print(f"gradient flow: {text}", file=sys.stderr, flush=True)  # noqa: E731
+
+    def say(text: str) -> None:  # progress: one line per stage and epoch (training takes minutes)
+        print(f"gradient flow: {text}", file=sys.stderr, flush=True)
+
     say(f"{title}; {len(variants)} variant(s), {train_epochs} training epoch(s) each")
     curves, start = [], time.monotonic()
     for i, cfg in enumerate(configs, 1):
-        label = cfg.variant.label()
-        say(f"[{i}/{len(configs)}] {label}: measuring at initialisation" + (f", then training {train_epochs} epoch(s)" if train_epochs else ""))
+        label = f"[{i}/{len(configs)}] {cfg.variant.label()}"
+        say(f"{label}: measuring at initialisation" + (f", then training {train_epochs} epoch(s)" if train_epochs else ""))
 
         def progress(report, label=label) -> None:
             val = ", ".join(f"{k} {v:.4g}" for k, v in report.metrics.items() if k.startswith("val/"))
-            say(f"[{i}/{len(configs)}] {label}: epoch {report.epoch}/{train_epochs} ({val}), {time.monotonic() - start:.0f} s in")
+            say(f"{label}: epoch {report.epoch}/{train_epochs} ({val}), {time.monotonic() - start:.0f} s in")
 
         curves += gradient_flow(cfg, task, train_epochs=train_epochs, sequences=sequences, on_epoch=progress)
     title += f", {train_epochs} epoch(s) of training" if train_epochs else ""

@@ -136,7 +136,7 @@ def _csv_curves(path) -> dict[tuple[str, str], tuple[int, list[float]]]:
     rows = list(csv.DictReader(path.open()))
     curves: dict = {}
     for r in rows:
-        count, norms = curves.setdefault((r["variant"], r["stage"]), (int(r["params_count"]), []))
+        _, norms = curves.setdefault((r["variant"], r["stage"]), (int(r["params_count"]), []))
         assert int(r["lag"]) == len(norms)  # lags 0, 1, 2... in order
         norms.append(float(r["grad_norm"]))
     return curves

@@ -103,6 +103,6 @@ def test_the_plain_experiment_url_opens_the_model_training_layout(mlflow_server)
 
     from odyssey.run_schema import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND
 
-    exp, run, _ = _tiny_study(mlflow_server, "ui-plain", "nfg")
+    exp, _, _ = _tiny_study(mlflow_server, "ui-plain", "nfg")
     assert MlflowClient(mlflow_server).get_experiment(exp).tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND
     assert model_training_layout(render(f"{mlflow_server}/#/experiments/{exp}", loaded="ui-plain"), exp)
