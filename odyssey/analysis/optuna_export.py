@@ -18,9 +18,10 @@ Each search ``<task>/<variant>`` becomes the Optuna study ``<study>/<task>__<var
   running and interrupted ones are left out (so a trial's number is its index only when none is).
 
 Log-scaled parameters are declared log-scaled (``log=True``), so the dashboard's slice and
-contour plots put them on the report's log axes. Optuna's importance evaluators do not follow:
-they work on each parameter's own (linear) scale, and on this objective, not the report's test
-metric (see the README).
+contour plots put them on the report's log axes. Importances still differ from the report's (see
+the README): the dashboard's PED-ANOVA asks what sets the best trials apart, on this objective
+(not the report's test metric); Optuna's fANOVA and mean-decrease-impurity evaluators work on each
+parameter's linear scale whatever ``log`` says.
 """
 
 from __future__ import annotations
