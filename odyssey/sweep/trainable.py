@@ -188,6 +188,10 @@ def log_hyperparameters(logger, coordinates: dict[str, float]) -> None:
 def start_system_metrics(run_id: str, tracking_uri: str, *, resumed: bool, interval_s: float = 10.0):
     """MLflow's system metrics on run ``run_id``: the node's CPU, memory, disk and network (psutil)
     and its GPUs (where pynvml finds them), sampled every ``interval_s``; None where MLflow cannot monitor."""
+    import logging
+
+    # its INFO lines ("Started monitoring system metrics.", per trial) would reach the sweep's console
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
