@@ -25,6 +25,7 @@ from odyssey.config import TrialConfig
 from odyssey.model import build_model
 from odyssey.tasks import Task
 from odyssey.tasks.base import collate
+from odyssey.train import EpochReport, train_trial
 
 __all__ = ["GradientCurve", "gradient_flow", "input_gradient_norms"]
 
@@ -72,14 +73,20 @@ def _curve(model, task: Task, batch, variant: str, stage: str) -> GradientCurve:
     return GradientCurve(variant, stage, norms.detach().cpu(), model.num_parameters())
 
 
-def gradient_flow(cfg: TrialConfig, task: Task, *, train_epochs: int = 0, sequences: int = 32) -> list[GradientCurve]:
+def gradient_flow(
+    cfg: TrialConfig,
+    task: Task,
+    *,
+    train_epochs: int = 0,
+    sequences: int = 32,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> list[GradientCurve]:
     """The curves of ``cfg``'s variant on ``task``: at initialisation (the weights ``train_trial``
-    starts from), and, with ``train_epochs`` > 0, after that many epochs of ``train_trial``.
+    starts from), and, with ``train_epochs`` > 0, after that many epochs of ``train_trial``
+    (``on_epoch`` is called with each epoch's report: progress).
 
     Measured in float64 on the CPU, on the first ``sequences`` sequences of the validation split.
     """
-    from odyssey.train import train_trial
-
     batch = collate(task.splits["valid"][:sequences])
     targets = batch.targets.double() if batch.targets.is_floating_point() else batch.targets  # class indices stay
     batch = dataclasses.replace(batch, inputs=batch.inputs.double(), targets=targets)
@@ -89,7 +96,13 @@ def gradient_flow(cfg: TrialConfig, task: Task, *, train_epochs: int = 0, sequen
     curves = [_curve(model, task, batch, label, "initialisation")]
     if train_epochs > 0:
         reports = []
-        train_trial(cfg.replace(train={"max_epochs": train_epochs, "patience": max(train_epochs, cfg.train.patience)}), callback=reports.append, task=task)
+
+        def collect(report: EpochReport) -> None:
+            reports.append(report)
+            if on_epoch is not None:
+                on_epoch(report)
+
+        train_trial(cfg.replace(train={"max_epochs": train_epochs, "patience": max(train_epochs, cfg.train.patience)}), callback=collect, task=task)
         if not reports:  # diverged in its first epoch: there are no trained weights to measure
             return curves
         model.load_state_dict(reports[-1].checkpoint()["model"])  # copied into the float64 weights

@@ -15,7 +15,8 @@ Runs, by ``odyssey.role``:
   ``search/trials/<status>`` (counts, every status, zeros included) and
   ``search/best_val/<metric>``, so that grouping runs by variant averages trials only.
 * ``trial``: a child run of a search (``mlflow.parentRunId``), one per Ray Tune trial.
-* ``analysis``: an ``odyssey analyze`` run: the report's files and its results as metrics.
+* ``analysis``: an ``odyssey analyze`` run: the report's files, and its results as metrics under
+  the one prefix ``analysis/<task>/<variant>/`` and as the table artifact ``results_table.json``.
 * ``plot``: an ``odyssey plot`` run: the PNG, and its curves as metrics.
 
 Trial runs (and ``train`` runs):

@@ -427,14 +427,21 @@ def test_analyze_end_to_end(study_uri, tmp_path, capsys):
 
     # the results are metrics too (MLflow charts and compares them across searches and studies)
     nfg_all = allt.loc["nfg"]
+    # on the analysis run under one prefix (not ~100 loose top-level metrics beside the trials'),
+    # and as one table artifact with the same values
     on_analysis = runs[0].data.metrics
-    assert on_analysis["adding/nfg/all/p_value"] == pytest.approx(nfg_all["p_value"])
-    assert on_analysis["adding/nfg/all/mean"] == pytest.approx(nfg_all["mean"])
-    assert on_analysis["adding/nfg/all/median"] == pytest.approx(nfg_all["median"])
-    assert on_analysis["adding/nfg/all/significant"] == 1.0 and on_analysis["adding/cifg/all/significant"] == 0.0
+    assert on_analysis and all(k.startswith("analysis/adding/") for k in on_analysis), sorted(on_analysis)[:5]
+    assert on_analysis["analysis/adding/nfg/all/p_value"] == pytest.approx(nfg_all["p_value"])
+    assert on_analysis["analysis/adding/nfg/all/mean"] == pytest.approx(nfg_all["mean"])
+    assert on_analysis["analysis/adding/nfg/all/median"] == pytest.approx(nfg_all["median"])
+    assert on_analysis["analysis/adding/nfg/all/significant"] == 1.0 and on_analysis["analysis/adding/cifg/all/significant"] == 0.0
     lr = fa[(fa["variant"] == "nfg") & (fa["key"] == "log10_lr")].iloc[0]
-    assert on_analysis["adding/nfg/fanova/log10_lr"] == pytest.approx(lr["fraction"])
-    assert on_analysis["adding/nfg/fanova/log10_lr/std"] == pytest.approx(lr["std"])
+    assert on_analysis["analysis/adding/nfg/fanova/log10_lr"] == pytest.approx(lr["fraction"])
+    assert on_analysis["analysis/adding/nfg/fanova/log10_lr/std"] == pytest.approx(lr["std"])
+    table = json.loads(open(client.download_artifacts(runs[0].info.run_id, "results_table.json", str(tmp_path))).read())
+    assert table["columns"] == ["task", "variant", "metric", "value"] and len(table["data"]) == len(on_analysis)
+    for task, variant, metric, value in table["data"]:
+        assert on_analysis[f"analysis/{task}/{variant}/{metric}"] == pytest.approx(value)
     parent = parents[0].data.metrics
     assert parent["analysis/all/p_value"] == pytest.approx(nfg_all["p_value"]) and parent["analysis/all/significant"] == 1.0
     assert parent["analysis/fanova/log10_lr"] == pytest.approx(lr["fraction"])

@@ -383,8 +383,8 @@ def test_analyze_a_paired_study_end_to_end(mlflow_server, tmp_path, capsys):
     exp = client.get_experiment_by_name("paired")
     (analysis,) = client.search_runs([exp.experiment_id], "tags.`odyssey.role` = 'analysis'")
     m = analysis.data.metrics
-    assert m["adding/nfg/paired/all/p_holm"] == pytest.approx(nfg_paired["p_holm"])
-    assert m["adding/nfg/paired/all/effect"] == pytest.approx(nfg_paired["effect"]) and m["adding/nfg/paired/all/significant"] == 1.0
-    assert m["adding/nfg/all/p_holm"] == pytest.approx(nfg_welch["p_holm"]) and m["adding/nfg/all/significant"] == 0.0
+    assert m["analysis/adding/nfg/paired/all/p_holm"] == pytest.approx(nfg_paired["p_holm"])
+    assert m["analysis/adding/nfg/paired/all/effect"] == pytest.approx(nfg_paired["effect"]) and m["analysis/adding/nfg/paired/all/significant"] == 1.0
+    assert m["analysis/adding/nfg/all/p_holm"] == pytest.approx(nfg_welch["p_holm"]) and m["analysis/adding/nfg/all/significant"] == 0.0
     (parent,) = client.search_runs([exp.experiment_id], "tags.`odyssey.role` = 'search' and tags.`odyssey.variant` = 'nfg'")
     assert parent.data.metrics["analysis/paired/top50/n_pairs"] == 7.0

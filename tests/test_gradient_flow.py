@@ -123,7 +123,54 @@ def test_plot_is_logged_to_mlflow_with_its_curves(tmp_path, monkeypatch):
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("plots").experiment_id])
     assert run.data.tags["odyssey.role"] == "plot" and run.data.params["variants"] == "rnn"
-    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["gf.png"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["gf.csv", "gf.png"]
+    assert (run.data.params["model.hidden_size"], run.data.params["train.lr"]) == ("8", "0.01")  # SMALL's H, the plot's lr
     history = client.get_metric_history(run.info.run_id, "grad_norm/rnn/init")
     steps = sorted(m.step for m in history)
     assert steps == list(range(len(steps))) and len(steps) >= 30  # one value per lag
+
+
+def _csv_curves(path) -> dict[tuple[str, str], tuple[int, list[float]]]:
+    import csv
+
+    rows = list(csv.DictReader(path.open()))
+    curves: dict = {}
+    for r in rows:
+        _, norms = curves.setdefault((r["variant"], r["stage"]), (int(r["params_count"]), []))
+        assert int(r["lag"]) == len(norms)  # lags 0, 1, 2... in order
+        norms.append(float(r["grad_norm"]))
+    return curves
+
+
+def test_plot_defaults_title_csv_and_progress(tmp_path, capsys):
+    """The command's own defaults (H = 20, lr = 1e-2: the setting of the README's figure) apply
+    unless KEY=VALUE overrides them; the title names task, T, H and lr (printed, and the PNG's
+    Title); the CSV beside the PNG holds exactly the curves; training prints each epoch."""
+    from odyssey.config import compose_trial
+    from odyssey.gradient_flow_plot import PLOT_DEFAULTS
+
+    assert PLOT_DEFAULTS == ["model.hidden_size=20", "train.lr=1e-2"]
+    small = [o for o in SMALL if not o.startswith("model.hidden_size")]
+    out = tmp_path / "gf.png"
+    assert main(["gradient-flow", "--variants", "rnn,nfg", "--out", str(out), "--train-epochs", "1", *small, "tracking.enabled=false"]) == 0
+    err = capsys.readouterr().err
+    title = "gradient flow on adding (T >= 30), H = 20, lr = 0.01"
+    assert title in err and "[1/2] rnn: epoch 1/1 (val/mse " in err and "[2/2] nfg: epoch 1/1 (val/mse " in err
+    assert f"tEXtTitle\x00{title}, 1 epoch(s) of training".encode() in out.read_bytes()
+
+    curves = _csv_curves(tmp_path / "gf.csv")
+    assert sorted(curves) == [("nfg", "after 1 epoch"), ("nfg", "initialisation"), ("rnn", "after 1 epoch"), ("rnn", "initialisation")]
+    for variant in ("rnn", "nfg"):  # the same measurement again, from the defaults: the same numbers
+        cfg = compose_trial("train", [*PLOT_DEFAULTS, *small, f"variant={variant}"])[1]
+        assert (cfg.model.hidden_size, cfg.train.lr) == (20, 0.01)
+        for c in gradient_flow(cfg, build_task(cfg.task), train_epochs=1, sequences=32):
+            count, norms = curves[(variant, c.stage)]
+            assert count == c.params_count == cfg.variant.num_parameters(2, 20) + 20 + 1
+            assert norms == c.norms.tolist()  # written with repr: exact
+
+    # explicit overrides beat the plot's defaults
+    assert main(["gradient-flow", "--variants", "rnn", "--out", str(out), *small, "model.hidden_size=6", "train.lr=0.05",
+                 "tracking.enabled=false"]) == 0  # fmt: skip
+    assert "gradient flow on adding (T >= 30), H = 6, lr = 0.05" in capsys.readouterr().err
+    (count, norms), = _csv_curves(tmp_path / "gf.csv").values()
+    assert count == compose_trial("train", ["variant=rnn"])[1].variant.num_parameters(2, 6) + 6 + 1

@@ -814,7 +814,10 @@ def test_packed_sweep_matches_the_unpacked_sweep_and_reruns_to_the_same_table(tm
             same_tags = {k: v for k, v in s.data.tags.items() if k.startswith("odyssey.") and k not in (TAG_TRIAL_ID, "odyssey.study")}
             assert {k: p.data.tags.get(k) for k in same_tags} == same_tags
             assert {"odyssey.machine_kind", "odyssey.torch", "odyssey.threads", "odyssey.compiled_loop"} <= same_tags.keys()
-            assert p.data.metrics == s.data.metrics, (study, key)  # exactly: test/*, best_val/*, hp/*, epochs
+            # exactly: test/*, best_val/*, hp/*, epochs; system/* (the node's CPU, memory...) are sampled
+            # every 10 s: a few-second trial may have none
+            computed = {k: v for k, v in s.data.metrics.items() if not k.startswith("system/")}
+            assert {k: v for k, v in p.data.metrics.items() if not k.startswith("system/")} == computed, (study, key)
             for name in ("train/loss", "val/mse", "val/accuracy"):
                 ours = [m.value for m in sorted(client.get_metric_history(p.info.run_id, name), key=lambda m: m.step)]
                 theirs = [m.value for m in sorted(client.get_metric_history(s.info.run_id, name), key=lambda m: m.step)]

@@ -16,6 +16,7 @@ from odyssey.errors import ServiceError
 from odyssey.run_schema import ROLE_ANALYSIS, TAG_ROLE, TAG_STUDY
 
 
+RESULTS_TABLE = "results_table.json"  # the analysis run's results as one table (MLflow's table artifact)
 WELCH_METRICS = ("mean", "median", "p_value", "p_holm", "effect", "effect_low", "effect_high")
 PAIRED_METRICS = ("n_pairs", "p_value", "p_holm", "effect", "effect_low", "effect_high", "median_diff", "worse_pairs", "pairs_needed")
 
@@ -70,7 +71,10 @@ def log_analysis(
         out_dir: the folder written by the analysis.
         pair_files: per (task, variant), files to log on that pair's parent search run.
         metrics: per (task, variant), :func:`result_metrics`: logged on that pair's parent run
-            as they are, and on the analysis run as ``<task>/<variant>/<name>``.
+            as they are (``analysis/<name>``: one chart per name, a bar per search), and on the
+            analysis run under the one prefix ``analysis/<task>/<variant>/<name>`` (one section
+            of MLflow's charts and columns, apart from the trials' metrics) and as the table artifact
+            ``RESULTS_TABLE`` (columns task, variant, metric, value).
     """
     from mlflow.entities import Metric
     from mlflow import MlflowClient
@@ -85,13 +89,16 @@ def log_analysis(
         )
         run_id = run.info.run_id
         now = int(time.time() * 1000)
-        flat = [
-            Metric(f"{task}/{variant}/{name.removeprefix('analysis/')}", value, now, 0)
+        rows = [
+            (task, variant, name.removeprefix("analysis/"), value)
             for (task, variant), values in metrics.items()
             for name, value in values.items()
         ]
+        flat = [Metric(f"analysis/{task}/{variant}/{name}", value, now, 0) for task, variant, name, value in rows]
         for i in range(0, len(flat), 1000):
             client.log_batch(run_id, metrics=flat[i : i + 1000])
+        table = pd.DataFrame(rows, columns=["task", "variant", "metric", "value"])
+        client.log_table(run_id, data=table, artifact_file=RESULTS_TABLE)
         client.log_artifacts(run_id, str(out_dir))
         client.set_terminated(run_id)
         for row in study.searches.itertuples(index=False):

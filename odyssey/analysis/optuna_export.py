@@ -8,16 +8,28 @@ Each search ``<task>/<variant>`` becomes the Optuna study ``<study>/<task>__<var
   run): ``loguniform`` -> ``FloatDistribution(log=True)``, ``int``/``loguniform_int`` ->
   ``IntDistribution``, ``choice`` -> ``CategoricalDistribution``; a ``one_minus_loguniform`` key
   is the log-uniform quantity Ray Tune sampled, ``1-<key>`` (the paper's momentum);
-* one trial per MLflow trial run: its sampled values, ``best_val/<metric>`` as the objective
-  (the direction of the task's metric), the per-epoch ``val/<metric>`` as intermediate values,
-  and the MLflow run id as a user attribute. Completed and diverged trials are COMPLETE,
-  scheduler-stopped ones PRUNED, failed ones FAIL; running and interrupted ones are left out.
+* the objective's name ``best_val/<metric>`` (``study.metric_names``: the dashboard's axis);
+* one trial per MLflow trial run, numbered in trial-index order (the order of the run names
+  ``vanilla-000``, ``vanilla-001``...; TPE's hash-named trials by start time, after them): its
+  sampled values, ``best_val/<metric>`` as the objective (the direction of the task's metric),
+  the per-epoch ``val/<metric>`` as intermediate values, the run's own start and end times, and
+  the MLflow run id and run name as user attributes (``mlflow_run_id``, ``mlflow_run_name``).
+  Completed and diverged trials are COMPLETE, scheduler-stopped ones PRUNED, failed ones FAIL;
+  running and interrupted ones are left out (so a trial's number is its index only when none is).
+
+Log-scaled parameters are declared log-scaled (``log=True``), so the dashboard's slice and
+contour plots put them on the report's log axes. Importances still differ from the report's (see
+the README): the dashboard's PED-ANOVA asks what sets the best trials apart, on this objective
+(not the report's test metric); Optuna's fANOVA and mean-decrease-impurity evaluators work on each
+parameter's linear scale whatever ``log`` says.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import math
+import warnings
 from typing import Any
 
 from odyssey.errors import ConfigError
@@ -46,6 +58,20 @@ def _value(p, text: str) -> Any:
         return int(text)
     value = float(text)
     return 1.0 - value if p.dist.startswith("one_minus_") else value
+
+
+def _run_time(ms: int | None) -> datetime.datetime | None:
+    """An MLflow time (ms since the epoch) as Optuna stores times: a naive local datetime."""
+    return None if ms is None else datetime.datetime.fromtimestamp(ms / 1000)
+
+
+def trial_order(run) -> tuple[int, int, int]:
+    """Sort key of a trial run: its Ray trial index (the number in its run name ``vanilla-007``),
+    then its start time; trials without an index (TPE's) after the indexed ones."""
+    from odyssey.tracking import TAG_TRIAL_ID, trial_index
+
+    index = trial_index(run.data.tags.get(TAG_TRIAL_ID, ""))
+    return (index is None, index if index is not None else 0, run.info.start_time or 0)
 
 
 def export_optuna(study_name: str, *, tracking_uri: str, storage: str) -> dict[str, int]:
@@ -97,9 +123,12 @@ def export_optuna(study_name: str, *, tracking_uri: str, storage: str) -> dict[s
         target = optuna.create_study(study_name=name, storage=storage, direction="minimize" if lower else "maximize")
         target.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
         target.set_user_attr("metric", f"best_val/{metric}")
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and what the dashboard reads
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            target.set_metric_names([f"best_val/{metric}"])
         distributions = {p.tune_key: _distribution(p) for p in space.params}
         trials = []
-        for run in sorted(trial_runs(tracking_uri, exp.experiment_id, parent.info.run_id), key=lambda r: r.info.start_time):
+        for run in sorted(trial_runs(tracking_uri, exp.experiment_id, parent.info.run_id), key=trial_order):
             state = states.get(run.data.tags.get(TAG_STATUS))
             if state is None:
                 continue
@@ -108,14 +137,18 @@ def export_optuna(study_name: str, *, tracking_uri: str, storage: str) -> dict[s
             if state == optuna.trial.TrialState.COMPLETE and (value is None or not math.isfinite(value)):
                 state = optuna.trial.TrialState.FAIL  # a diverged trial without a recorded value
             history = client.get_metric_history(run.info.run_id, f"val/{metric}")
-            trials.append(optuna.trial.create_trial(
+            trial = optuna.trial.create_trial(
                 params=params,
                 distributions=distributions,
                 value=value if state == optuna.trial.TrialState.COMPLETE else None,
                 state=state,
                 intermediate_values={m.step: m.value for m in history if math.isfinite(m.value)},
-                user_attrs={"mlflow_run_id": run.info.run_id, "odyssey_status": run.data.tags.get(TAG_STATUS)},
-            ))  # fmt: skip
+                user_attrs={"mlflow_run_id": run.info.run_id, "mlflow_run_name": run.info.run_name,
+                            "odyssey_status": run.data.tags.get(TAG_STATUS)},
+            )  # fmt: skip
+            trial.datetime_start = _run_time(run.info.start_time)  # create_trial stamps "now"
+            trial.datetime_complete = _run_time(run.info.end_time) or trial.datetime_start
+            trials.append(trial)
         target.add_trials(trials)
         written[name] = len(trials)
     if not written:

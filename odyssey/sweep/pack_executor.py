@@ -14,6 +14,11 @@ trials. The trial is a light *proxy* (it reserves 300 MiB of memory, no CPU): in
           MLflow + tune.report(...)               (ASHA may stop the proxy here)
     finally: leave(trial_id) ------------------>  member removed before the next epoch
 
+System metrics (``tracking.system_metrics``): MLflow's ``system/*`` metrics are the node's (CPU,
+memory, disk, network, and the GPUs pynvml finds), so the executor, which holds the device,
+samples them for each member while it is a member, on the member's own run: every member of a
+pack shows the same curves for the epochs they shared (the proxy's process trains nothing).
+
 Members leave one by one (budget, early stopping, divergence, ASHA) and Tune starts the next
 suggested trial in the freed slot (``max_concurrent_trials`` = members x packs): continuous
 batching of trials. A proxy that dies without ``leave`` (a lost node, Tune's force kill) is found
@@ -50,6 +55,7 @@ class _Slot:
     left: bool = False
     error: str | None = None
     since: float = field(default_factory=time.monotonic)
+    monitor: Any = None  # MLflow's SystemMetricsMonitor on the member's run, or None
 
 
 class PackExecutor:
@@ -61,13 +67,14 @@ class PackExecutor:
         dtype: ``float32`` or ``float64``.
         capacity: the most members at once.
         liveness_s: how often a waiting pack checks proxies that have not come back.
+        system_metrics_s: the sampling interval of the members' system metrics.
     """
 
-    def __init__(self, task, device: str, dtype: str, capacity: int, liveness_s: float = 2.0):
+    def __init__(self, task, device: str, dtype: str, capacity: int, liveness_s: float = 2.0, system_metrics_s: float = 10.0):
         from odyssey.packs import PackTrainer
         from odyssey.train import DTYPES, resolve_device
 
-        self.capacity, self.liveness_s = capacity, liveness_s
+        self.capacity, self.liveness_s, self.system_metrics_s = capacity, liveness_s, system_metrics_s
         self.trainer = PackTrainer(task.build(), device=resolve_device(device), dtype=DTYPES[dtype])
         self.slots: dict[str, _Slot] = {}
         self.to_remove: set[str] = set()  # trainer members whose slot is gone (left, died, replaced)
@@ -86,9 +93,12 @@ class PackExecutor:
         with self.cond:
             return {"members": self.load(), "epochs_run": self.epochs_run, "device": str(self.trainer.device)}
 
-    def join(self, trial_id: str, cfg, resume_from: dict | None, proxy, checkpoint_every: int = 1) -> bool:
+    def join(
+        self, trial_id: str, cfg, resume_from: dict | None, proxy, checkpoint_every: int = 1, system_metrics: dict | None = None
+    ) -> bool:
         """Admit a trial (False when the pack is full). A trial that joins again (a Tune retry)
-        replaces its earlier self."""
+        replaces its earlier self. ``system_metrics``: ``{"run_id", "tracking_uri", "resumed"}``
+        of the member's MLflow run, sampled while it is a member; None: none."""
         with self.cond:
             old = self.slots.get(trial_id)
             if old is None and self.load() >= self.capacity:
@@ -97,9 +107,19 @@ class PackExecutor:
                 old.left, old.error = True, f"trial {trial_id} joined again (a retry) and replaced this membership"
                 if old.in_trainer:
                     self.to_remove.add(trial_id)
-            self.slots[trial_id] = _Slot(cfg, resume_from, proxy, checkpoint_every)
+                _stop_monitor(old)
+            slot = self.slots[trial_id] = _Slot(cfg, resume_from, proxy, checkpoint_every)
             self.cond.notify_all()
-            return True
+        if system_metrics is not None:  # outside the lock: it starts a thread and may call MLflow
+            from odyssey.sweep.trainable import start_system_metrics
+
+            run_id, uri, resumed = system_metrics["run_id"], system_metrics["tracking_uri"], system_metrics["resumed"]
+            monitor = start_system_metrics(run_id, uri, resumed=resumed, interval_s=self.system_metrics_s)
+            with self.cond:
+                slot.monitor = monitor
+                if slot.left or self.slots.get(trial_id) is not slot:  # it left meanwhile
+                    _stop_monitor(slot)
+        return True
 
     def next(self, trial_id: str) -> dict:
         """Block until this member's next epoch is done; its event as plain data."""
@@ -180,7 +200,9 @@ class PackExecutor:
     def _drop_left(self) -> None:
         """Under the lock: forget the slots that left and take their members out of the trainer."""
         for key in [k for k, s in self.slots.items() if s.left]:
-            if self.slots.pop(key).in_trainer:
+            slot = self.slots.pop(key)
+            _stop_monitor(slot)
+            if slot.in_trainer:
                 self.to_remove.add(key)
         for key in self.to_remove:
             self.trainer.remove(key)
@@ -191,6 +213,13 @@ class PackExecutor:
             if not slot.in_trainer and not slot.left:
                 slot.error, slot.left = f"cannot join the pack: {type(exc).__name__}: {exc}", True
         self.cond.notify_all()
+
+
+def _stop_monitor(slot: _Slot) -> None:
+    """End a member's system metrics (in a thread of its own: it flushes to MLflow)."""
+    monitor, slot.monitor = slot.monitor, None
+    if monitor is not None:
+        threading.Thread(target=monitor.finish, name="system-metrics-finish", daemon=True).start()
 
 
 def _payload(event, checkpoint_every: int) -> dict:

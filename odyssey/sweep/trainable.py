@@ -122,8 +122,10 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     if run_id is None:  # a new run: the searched values as numbers (sorting, charts); the config
         call_with_retry(log_hyperparameters, logger, ctx.space.coordinates(cfg))
         call_with_retry(logger.client.log_text, logger.run_id, config_yaml(cfg), CONFIG_ARTIFACT)
-    monitor = None
-    if ctx.system_metrics and not ctx.packs:  # a packed trial's proxy computes nothing
+    monitor, pack_metrics = None, None
+    if ctx.system_metrics and ctx.packs:  # sampled by the pack executor, which holds the device
+        pack_metrics = {"run_id": logger.run_id, "tracking_uri": ctx.tracking_uri, "resumed": run_id is not None}
+    elif ctx.system_metrics:
         monitor = start_system_metrics(logger.run_id, ctx.tracking_uri, resumed=run_id is not None)
 
     finished = []
@@ -148,7 +150,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     try:
         if ctx.packs:
-            result = train_in_pack(ctx, trial_id, cfg, state, on_epoch)
+            result = train_in_pack(ctx, trial_id, cfg, state, on_epoch, system_metrics=pack_metrics)
         else:
             result = train_trial(cfg, callback=on_epoch, resume_from=state, task=task)
         if not finished:  # diverged (no report for that epoch), or resumed after its last epoch
@@ -175,14 +177,18 @@ def log_hyperparameters(logger, coordinates: dict[str, float]) -> None:
         logger.client.log_batch(logger.run_id, metrics=metrics)
 
 
-def start_system_metrics(run_id: str, tracking_uri: str, *, resumed: bool):
-    """MLflow's system metrics (CPU, memory, GPU where pynvml finds one) for a trial's own process,
-    sampled every 10 s; None where MLflow cannot monitor (psutil missing)."""
+def start_system_metrics(run_id: str, tracking_uri: str, *, resumed: bool, interval_s: float = 10.0):
+    """MLflow's system metrics on run ``run_id``: the node's CPU, memory, disk and network (psutil)
+    and its GPUs (where pynvml finds them), sampled every ``interval_s``; None where MLflow cannot monitor."""
+    import logging
+
+    # its INFO lines ("Started monitoring system metrics.", per trial) would reach the sweep's console
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         monitor = SystemMetricsMonitor(
-            run_id, sampling_interval=10, samples_before_logging=1, resume_logging=resumed, tracking_uri=tracking_uri
+            run_id, sampling_interval=interval_s, samples_before_logging=1, resume_logging=resumed, tracking_uri=tracking_uri
         )
         monitor.start()
         return monitor
@@ -190,9 +196,10 @@ def start_system_metrics(run_id: str, tracking_uri: str, *, resumed: bool):
         return None
 
 
-def train_in_pack(ctx: TrialContext, trial_id: str, cfg, state: dict | None, on_epoch):
+def train_in_pack(ctx: TrialContext, trial_id: str, cfg, state: dict | None, on_epoch, *, system_metrics: dict | None = None):
     """The proxy side of :mod:`odyssey.sweep.pack_executor`: join the least loaded pack of the
-    search, relay each epoch to ``on_epoch`` (MLflow, Tune), leave when done or stopped."""
+    search, relay each epoch to ``on_epoch`` (MLflow, Tune), leave when done or stopped.
+    ``system_metrics``: the member's run, for the executor to sample (see ``PackExecutor.join``)."""
     import time
 
     import ray
@@ -205,7 +212,7 @@ def train_in_pack(ctx: TrialContext, trial_id: str, cfg, state: dict | None, on_
     joined = None
     while joined is None:  # Tune starts at most members x packs trials, but a slot frees a moment late
         for _, executor in sorted(zip(ray.get([e.load.remote() for e in executors]), executors), key=lambda p: p[0]):
-            if ray.get(executor.join.remote(trial_id, cfg, state, me, ctx.checkpoint_every)):
+            if ray.get(executor.join.remote(trial_id, cfg, state, me, ctx.checkpoint_every, system_metrics)):
                 joined = executor
                 break
         else:
