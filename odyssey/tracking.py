@@ -77,9 +77,9 @@ def config_yaml(cfg: "TrialConfig") -> str:
 
 
 def get_or_create_experiment(client: "MlflowClient", name: str) -> str:
-    """The id of the experiment called ``name``, created if missing (restored if deleted), marked
-    as model training (``mlflow.experimentKind``): MLflow 3's UI then opens it, and every run page,
-    in its model-training layout rather than the GenAI one."""
+    """The id of the experiment called ``name``, created if missing (restored if deleted), declared
+    as model training (``mlflow.experimentKind``; MLflow 3.18's UI layout still follows the
+    browser's switch or the link's ``?workflowType=``: see :mod:`odyssey.run_schema`)."""
     from odyssey.run_schema import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND
 
     exp = client.get_experiment_by_name(name)

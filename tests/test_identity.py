@@ -163,8 +163,8 @@ def test_a_resume_refuses_a_variant_whose_switches_changed(tmp_path, mlflow_serv
 
 
 def test_every_experiment_odyssey_uses_opens_in_the_model_training_layout(mlflow_server):
-    """#23: MLflow 3's UI opened odyssey's experiments (and every run page) in its GenAI layout;
-    the experiment tag mlflow.experimentKind picks the model-training one."""
+    """#23: every experiment odyssey creates or uses declares its kind, mlflow.experimentKind =
+    custom_model_development (the UI's layout itself: tests/test_ui.py)."""
     from mlflow import MlflowClient
 
     from odyssey.run_schema import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND
