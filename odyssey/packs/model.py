@@ -48,9 +48,10 @@ def param_dims(key: str, spec: VariantSpec, *, input_size: int, output_size: int
         raise ValueError(f"unknown parameter {key!r} of a SequenceModel")
     layer, name = int(match.group(1)), match.group(2)
     inputs = (input_size, False) if layer == 0 else (directions, True)
+    columns = [(1, True)] if spec.recurrent_columns is None else []  # IndRNN's weight_hh is the vector u (H,)
     return {
         "weight_ih": [(G, True), inputs],
-        "weight_hh": [(G, True), (1, True)],
+        "weight_hh": [(G, True), *columns],
         "bias": [(G, True)],
         "bias_hn": [(1, True)],
         "peephole": [(P, False), (1, True)],
@@ -201,7 +202,7 @@ class PackedSequenceModel:
     def _any_order(self, x: torch.Tensor) -> bool:
         """Whether the members' layers take per-member step counts in any order (no sorting, which
         costs a copy of every weight per update): the compiled CPU LSTM loop, at batch 1."""
-        return self.spec.family == "lstm" and native.loop_for(x, x.shape[2]) is not None
+        return self.spec.fused_lstm and native.loop_for(x, x.shape[2]) is not None
 
     def _run(self, params: dict[str, torch.Tensor], x: torch.Tensor, lengths: torch.Tensor, schedule: dict) -> torch.Tensor:
         M, T, B, _ = x.shape
