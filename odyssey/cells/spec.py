@@ -136,7 +136,7 @@ class VariantSpec:
             for k in keys if getattr(self, k) != defaults[k].default
         ]  # fmt: skip
         if foreign:
-            applies = "; ".join(f"{fam}: {', '.join(keys)}" for fam, keys in FAMILY_SWITCHES.items())
+            applies = "; ".join(f"{fam}: {', '.join(keys) or '(none)'}" for fam, keys in FAMILY_SWITCHES.items())
             raise ValueError(
                 f"{', '.join(foreign)} set on variant.family={self.family!r}; "
                 f"switches per family: {applies} (another family's switches keep their defaults)"
