@@ -566,3 +566,15 @@ def test_bench_command_prints_a_ratio_row_per_variant_and_batch(capsys):
         ours, ref, ratio, aten = map(float, r[3:7])
         assert ours > 0 and ref > 0 and aten > 0
         assert ratio == pytest.approx(ours / ref, rel=0.02, abs=0.01)
+        assert r[7] == "-"  # no sequential twin: the LSTMs' loop is their only form
+
+
+def test_bench_times_a_scan_cell_against_nn_gru_and_its_sequential_recurrence(capsys):
+    from odyssey.bench import bench_cells, format_rows
+
+    rows = bench_cells(variants=["mingru", "indrnn"], batches=(1,), T=4, input_size=3, hidden_size=5, repeats=1)
+    mingru, indrnn = rows
+    assert mingru.seq_ms_per_seq > 0 and mingru.seq_ratio == pytest.approx(mingru.ms_per_seq / mingru.seq_ms_per_seq)
+    assert indrnn.seq_ms_per_seq is None and indrnn.seq_ratio is None
+    line = format_rows([mingru]).splitlines()[-1].split()
+    assert line[0] == "mingru" and float(line[7]) == pytest.approx(mingru.seq_ratio, abs=0.01)

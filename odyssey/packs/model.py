@@ -16,8 +16,11 @@ gate-activation columns (sigma(0) = 1/2 != 0): :meth:`PackedSequenceModel.mask_g
 every padded entry of every gradient, so padded weights stay exactly zero through training and a
 member computes the same function as alone. The reference cells pad the same way: a GRU's padded
 units have r = u = sigma(0) = 1/2 and n = tanh(0 + r * 0) = 0, so h = n/2 + h'/2 stays 0 from
-h = 0; an RNN's h = tanh(0) = relu(0) = 0. Shapes per member follow ``odyssey/cells/layer.py``
-(``gru.py``, ``rnn.py``).
+h = 0; an RNN's h = tanh(0) = relu(0) = 0 (IndRNN's u is zero there too); an sLSTM's padded units
+have m = 0, i = 1, n >= 1 and c = 0, so y = 0. The minGRU's and minLSTM's padded units are not
+zero (a = b = 1/2, h -> 1), but every weight that reads them is zero, so they reach nothing
+either, and their gradients are zeroed. Shapes per member follow ``odyssey/cells/layer.py``
+(``gru.py``, ``rnn.py``, ``minimal.py``; IndRNN's ``weight_hh`` is a vector (H,)).
 """
 
 from __future__ import annotations
