@@ -78,7 +78,7 @@ def test_scan_layer_equals_sequential_layer_outputs_and_gradients(name, bidirect
 
 def test_indrnn_recurrence_is_elementwise():
     layer = variant_layer(preset("indrnn"), 2, 4)
-    assert dict((n, tuple(p.shape)) for n, p in layer.named_parameters()) == {"weight_ih": (4, 2), "weight_hh": (4,), "bias": (4,)}
+    assert {n: tuple(p.shape) for n, p in layer.named_parameters()} == {"weight_ih": (4, 2), "weight_hh": (4,), "bias": (4,)}
     x = torch.randn(5, 1, 2)
     with torch.no_grad():
         layer.weight_hh.copy_(torch.tensor([0.0, 1.0, 0.0, 0.0]))
