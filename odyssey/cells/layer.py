@@ -90,7 +90,7 @@ class VariantLSTM(RecurrentLayer):
         if spec.exponential_gating:  # the sLSTM: its autograd-recorded loop (no compiled loop, no ``steps``)
             if steps is not None:
                 raise ValueError("the sLSTM's loop takes ``active`` (members sorted longest first), not ``steps``")
-            return slstm_members_forward(spec, x, weights, active)[0]
+            return slstm_members_forward(spec, x, weights, active)[0]  # (hand-written backward; all T steps)
         lay = _layout(spec, weights["weight_hh"].shape[-1])
         get = weights.get
         w = (get("weight_ih"), get("bias"), get("weight_hh"), get("peephole"), get("weight_gate_hh"))
@@ -100,8 +100,8 @@ class VariantLSTM(RecurrentLayer):
     def _direction(self, x: torch.Tensor, sfx: str) -> tuple[torch.Tensor, torch.Tensor]:
         w_ih, bias, w_hh = (getattr(self, name + sfx) for name in ("weight_ih", "bias", "weight_hh"))
         peephole, w_gate = getattr(self, "peephole" + sfx, None), getattr(self, "weight_gate_hh" + sfx, None)
-        if self.spec.exponential_gating:  # the sLSTM: one path, fused or not
-            Y, C = slstm_members_forward(self.spec, x.unsqueeze(0), self.direction_weights(sfx))
+        if self.spec.exponential_gating:  # the sLSTM: its own loops (hand-written backward, or autograd's)
+            Y, C = slstm_members_forward(self.spec, x.unsqueeze(0), self.direction_weights(sfx), fused=self.fused)
             return Y[0], C[0]
         if self.fused:  # a pack of one: every weight gets a member axis of size 1
             one = lambda t: None if t is None else t.unsqueeze(0)  # noqa: E731
