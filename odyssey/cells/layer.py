@@ -87,10 +87,8 @@ class VariantLSTM(RecurrentLayer):
     def members_forward(spec: VariantSpec, x: torch.Tensor, weights: dict[str, torch.Tensor], active=None, hidden=None, steps=None) -> torch.Tensor:
         """M layers' outputs at once: x (M, T, B, I), ``weights`` by base name each (M, ...) -> (M, T, B, H).
         ``active``, ``hidden``, ``steps``: see :class:`~odyssey.cells.fused.FusedRecurrence` (a trial pack's members)."""
-        if spec.exponential_gating:  # the sLSTM: its autograd-recorded loop (no compiled loop, no ``steps``)
-            if steps is not None:
-                raise ValueError("the sLSTM's loop takes ``active`` (members sorted longest first), not ``steps``")
-            return slstm_members_forward(spec, x, weights, active)[0]  # (hand-written backward; all T steps)
+        if spec.exponential_gating:  # the sLSTM: its own loop, every member all T steps (no compiled loop)
+            return slstm_members_forward(spec, x, weights, active)[0]
         lay = _layout(spec, weights["weight_hh"].shape[-1])
         get = weights.get
         w = (get("weight_ih"), get("bias"), get("weight_hh"), get("peephole"), get("weight_gate_hh"))
