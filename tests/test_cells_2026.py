@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from odyssey.cells import VariantSpec, preset, variant_layer
-from odyssey.cells.minimal import coefficients, linear_recurrence, log_coefficients, parallel_scan
+from odyssey.cells.minimal import coefficients, linear_recurrence, log_coefficients, log_space_scan, parallel_scan
 
 from test_cells import reference_slstm
 
@@ -52,10 +52,14 @@ def test_parallel_scan_equals_the_sequential_recurrence_in_float64(family, T):
     pre = torch.randn(T, 3, 2, G * 4, dtype=torch.double) * 3
     a, b = coefficients(family, pre)
     log_a, log_b = log_coefficients(family, pre)
-    torch.testing.assert_close(log_a.exp(), a, rtol=1e-10, atol=0)  # 1 - sigma(k) cancels for large k
-    torch.testing.assert_close(log_b.exp(), b, rtol=1e-10, atol=0)
-    torch.testing.assert_close(parallel_scan(log_a, log_b), linear_recurrence(a, b), rtol=1e-10, atol=1e-10)
-    assert torch.equal(linear_recurrence(a, b)[0], b[0])  # h_1 = a_1 * 0 + b_1: h_0 = 0 exactly
+    torch.testing.assert_close(log_a.exp(), a, rtol=1e-12, atol=0)
+    torch.testing.assert_close(log_b.exp(), b, rtol=1e-12, atol=0)
+    sequential = linear_recurrence(a, b)
+    torch.testing.assert_close(parallel_scan(a, b), sequential, rtol=1e-10, atol=1e-10)
+    for chunk in (1, 2, 5, T):  # any chunk length, T divisible by it or not
+        torch.testing.assert_close(parallel_scan(a, b, chunk), sequential, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(log_space_scan(log_a, log_b), sequential, rtol=1e-10, atol=1e-10)
+    assert torch.equal(parallel_scan(a, b)[0], b[0]) and torch.equal(sequential[0], b[0])  # h_1 = a_1 * 0 + b_1: h_0 = 0 exactly
 
 
 @pytest.mark.parametrize("name", ["mingru", "minlstm"])
