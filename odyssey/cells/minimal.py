@@ -22,8 +22,8 @@ at once from a zero start (their products kept), then the chunk ends pass their 
 one elementwise product adds each chunk's carry: about 2 sqrt(T) steps of whole-chunk ops instead
 of T small ones, the same arithmetic, and h_0 = 0 exactly (no term for it). Heinsen's log-space
 scan, log h_t = A_t + logcumsumexp_{s<=t}(log b_s - A_s) with A = cumsum(log a)
-(:func:`log_space_scan`), computes the same; on the CPU its ``logcumsumexp`` (forward and
-backward) made it ~10x slower than the blocked scan at batch 32. ``fused=False`` runs the
+(:func:`log_space_scan`), computes the same, but its ``logcumsumexp`` (forward and backward)
+is slow on the CPU at larger batches (README, "The 2026 cells"). ``fused=False`` runs the
 sequential recurrence instead (the reference the scan is tested against).
 
 Parameters (per direction; the reverse direction's have the suffix ``_reverse``; no recurrent
