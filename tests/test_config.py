@@ -59,15 +59,19 @@ def test_a_config_folder_without_config_groups_fails_clearly(monkeypatch, tmp_pa
         compose("train", [])
 
 
-@pytest.mark.parametrize("name, family", [("gru", "gru"), ("rnn", "rnn"), ("vanilla", "lstm")])
+@pytest.mark.parametrize(
+    "name, family",
+    [("gru", "gru"), ("rnn", "rnn"), ("vanilla", "lstm"), ("slstm", "lstm"), ("indrnn", "rnn"), ("mingru", "mingru"), ("minlstm", "minlstm")],
+)
 def test_reference_cell_files_compose_and_record_only_their_own_switches(name, family):
     cfg = trial_config(compose("train", [f"variant={name}"]))
     assert (cfg.variant.family, cfg.variant.label()) == (family, name)
     recorded = {k for k in cfg.flat_params() if k.startswith("variant.")}
     lstm_switches = {"variant.input_gate", "variant.forget_gate", "variant.output_gate", "variant.peepholes",
                      "variant.coupled_input_forget", "variant.full_gate_recurrence", "variant.block_activation",
-                     "variant.output_activation"}  # fmt: skip
-    own = {"lstm": lstm_switches, "gru": {"variant.reset_before_product"}, "rnn": {"variant.rnn_activation"}}[family]
+                     "variant.output_activation", "variant.exponential_gating", "variant.forget_gate_activation"}  # fmt: skip
+    own = {"lstm": lstm_switches, "gru": {"variant.reset_before_product"}, "rnn": {"variant.rnn_activation", "variant.recurrence"},
+           "mingru": set(), "minlstm": set()}[family]  # fmt: skip
     assert recorded == {"variant.name", "variant.family"} | own
 
 
