@@ -131,7 +131,7 @@ def eval_batch_size(cfg: TrialConfig, device: torch.device) -> int:
     """
     if cfg.train.eval_batch_size is not None:
         return cfg.train.eval_batch_size
-    if cfg.variant.family == "lstm" and torch.device(device).type == "cpu" and native.lstm_loop() is not None:
+    if cfg.variant.fused_lstm and torch.device(device).type == "cpu" and native.lstm_loop() is not None:
         return 1
     return EVAL_BATCH_SIZE
 
@@ -139,7 +139,7 @@ def eval_batch_size(cfg: TrialConfig, device: torch.device) -> int:
 def uses_compiled_loop(cfg: TrialConfig, device: torch.device) -> bool:
     """Whether the trial's LSTM steps run in the compiled CPU loop (batch 1 on the CPU, in
     training or in evaluation), for its provenance."""
-    if cfg.variant.family != "lstm" or torch.device(device).type != "cpu" or native.lstm_loop() is None:
+    if not cfg.variant.fused_lstm or torch.device(device).type != "cpu" or native.lstm_loop() is None:
         return False
     return cfg.train.batch_size == 1 or eval_batch_size(cfg, device) == 1
 

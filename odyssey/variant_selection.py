@@ -73,7 +73,7 @@ class VariantSelection:
         if foreign:
             owners = {k: fam for fam, keys in FAMILY_SWITCHES.items() for k in keys}
             shown = ", ".join(f"variant.{k} (a switch of the {owners[k]} family)" for k in foreign)
-            valid = ", ".join(FAMILY_SWITCHES[family])
+            valid = ", ".join(FAMILY_SWITCHES[family]) or "none"
             raise ConfigError(
                 f"{shown} is set on variant {self.described}, whose family is {family}; the {family} family's "
                 f"switches: {valid} (family and name apply to every family)"

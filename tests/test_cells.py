@@ -1,10 +1,11 @@
-"""Contract tests for every variant cell (the LSTM family, the GRU, the simple RNN): gradients,
-parameter counts, the equations.
+"""Contract tests for every variant cell (the LSTM family and the sLSTM, the GRU, the simple RNN
+and IndRNN, minGRU and minLSTM): gradients, parameter counts, the equations.
 
-The references below are written from the equations (Greff et al. 2017 for the LSTMs, PyTorch's
-``nn.GRU`` and ``nn.RNN`` documentation and Cho et al. 2014 for the others) and the parameter
-layouts documented in ``odyssey.cells.layer``, ``.gru`` and ``.rnn``, step by step and gate by
-gate, sharing no code with the implementation.
+The references below are written from the equations (Greff et al. 2017 for the LSTMs, Beck et al.
+2024 for the sLSTM, PyTorch's ``nn.GRU`` and ``nn.RNN`` documentation and Cho et al. 2014, Li et
+al. 2018 for IndRNN, Feng et al. 2024 for minGRU/minLSTM) and the parameter layouts documented in
+``odyssey.cells.layer``, ``.slstm``, ``.gru``, ``.rnn`` and ``.minimal``, step by step and gate
+by gate, sharing no code with the implementation.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from odyssey.cells import (
     variant_layer,
 )
 
-ALL = sorted(PRESETS)  # the LSTM presets and the reference cells gru, rnn
+ALL = sorted(PRESETS)  # the LSTM presets (slstm too) and the other families' cells
 COMBOS = {
     "np+cifg": VariantSpec(peepholes=False, coupled_input_forget=True),
     "cifg+fgr": VariantSpec(coupled_input_forget=True, full_gate_recurrence=True),
@@ -38,6 +39,10 @@ COMBOS = {
     "nog+noaf": VariantSpec(output_gate=False, output_activation="identity"),  # y = c: dc is dy itself
     "gru+reset_before_product": VariantSpec(family="gru", reset_before_product=True),
     "rnn+relu": VariantSpec(family="rnn", rnn_activation="relu"),
+    "indrnn+tanh": VariantSpec(family="rnn", recurrence="diagonal"),
+    "slstm+nig+nog": VariantSpec(exponential_gating=True, peepholes=False, input_gate=False, output_gate=False),
+    "slstm+nfg+tanh": VariantSpec(exponential_gating=True, peepholes=False, forget_gate=False),
+    "slstm+exp_forget": VariantSpec(exponential_gating=True, peepholes=False, output_activation="identity", forget_gate_activation="exp"),
 }
 SPECS = {**{n: preset(n) for n in ALL}, **COMBOS}
 LSTM_SPECS = {n: s for n, s in SPECS.items() if s.family == "lstm"}
@@ -54,6 +59,8 @@ ACT = {
 
 def reference(layer: VariantLSTM, x: torch.Tensor, *, force_f: float | None = None) -> torch.Tensor:
     """Unidirectional forward pass from the paper's equations; ``force_f`` pins the forget gate."""
+    if layer.spec.exponential_gating:
+        return reference_slstm(layer, x)
     s, H = layer.spec, layer.hidden_size
     own_f = s.forget_gate and not s.coupled_input_forget
     blocks = [b for b, on in zip("ifgo", (s.input_gate, own_f, True, s.output_gate)) if on]
@@ -98,6 +105,57 @@ def reference(layer: VariantLSTM, x: torch.Tensor, *, force_f: float | None = No
     return torch.stack(outs)
 
 
+def reference_slstm(layer: VariantLSTM, x: torch.Tensor, *, stabilized: bool = True) -> torch.Tensor:
+    """The sLSTM's equations (Beck et al. 2024), stabilized with m, or (``stabilized=False``) the
+    plain form i = exp(i~), f = sigma(f~) (or exp(f~)); absent gates: i~ = 0, log f = 0, o = 1."""
+    s, H = layer.spec, layer.hidden_size
+    blocks = [b for b, on in zip("ifgo", (s.input_gate, s.forget_gate, True, s.output_gate)) if on]
+    rows = lambda w, b: w[blocks.index(b) * H : (blocks.index(b) + 1) * H]  # noqa: E731
+    T, B, _ = x.shape
+    y, c, n, m = (x.new_zeros(B, H) for _ in range(4))
+    outs = []
+    for t in range(T):
+        pre = {b: x[t] @ rows(layer.weight_ih, b).T + y @ rows(layer.weight_hh, b).T + rows(layer.bias, b) for b in blocks}
+        i_pre = pre.get("i", x.new_zeros(B, H))
+        if "f" not in pre:
+            log_f_gate = x.new_zeros(B, H)
+        elif s.forget_gate_activation == "exp":
+            log_f_gate = pre["f"]
+        else:
+            log_f_gate = torch.log(torch.sigmoid(pre["f"]))
+        if stabilized:
+            m_new = torch.maximum(i_pre, m + log_f_gate)
+            i, f = torch.exp(i_pre - m_new), torch.exp(m + log_f_gate - m_new)
+            m = m_new
+        else:
+            i, f = torch.exp(i_pre), torch.exp(log_f_gate)
+        c = f * c + i * ACT[s.block_activation](pre["g"])
+        n = f * n + i
+        o = torch.sigmoid(pre["o"]) if "o" in pre else 1.0
+        y = o * ACT[s.output_activation](c / n)
+        outs.append(y)
+    return torch.stack(outs)
+
+
+def reference_min(layer, x: torch.Tensor) -> torch.Tensor:
+    """minGRU / minLSTM (Feng et al. 2024) step by step: h = (1 - z) h' + z g(h~), or
+    h = f/(f+i) h' + i/(f+i) g(h~), with g(a) = a + 1/2 (a >= 0), sigma(a) (a < 0)."""
+    H = layer.hidden_size
+    g = lambda a: torch.where(a >= 0, a + 0.5, torch.sigmoid(a))  # noqa: E731
+    h = x.new_zeros(x.shape[1], H)
+    outs = []
+    for x_t in x:
+        pre = (x_t @ layer.weight_ih.T + layer.bias).split(H, -1)
+        if layer.spec.family == "mingru":
+            z = torch.sigmoid(pre[0])
+            h = (1 - z) * h + z * g(pre[1])
+        else:
+            f, i = torch.sigmoid(pre[0]), torch.sigmoid(pre[1])
+            h = f / (f + i) * h + i / (f + i) * g(pre[2])
+        outs.append(h)
+    return torch.stack(outs)
+
+
 def reference_gru(layer: VariantGRU, x: torch.Tensor) -> torch.Tensor:
     """nn.GRU's equations (or Cho et al.'s reset-before-product form), one unit row block at a time."""
     H = layer.hidden_size
@@ -119,17 +177,18 @@ def reference_gru(layer: VariantGRU, x: torch.Tensor) -> torch.Tensor:
 
 
 def reference_rnn(layer: VariantRNN, x: torch.Tensor) -> torch.Tensor:
-    """h = act(W x + R h' + b), step by step."""
+    """h = act(W x + R h' + b) (IndRNN: act(W x + u * h' + b)), step by step."""
     act = {"tanh": torch.tanh, "relu": torch.relu}[layer.spec.rnn_activation]
     h = x.new_zeros(x.shape[1], layer.hidden_size)
     outs = []
     for x_t in x:
-        h = act(x_t @ layer.weight_ih.T + h @ layer.weight_hh.T + layer.bias)
+        rec = h * layer.weight_hh if layer.spec.recurrence == "diagonal" else h @ layer.weight_hh.T
+        h = act(x_t @ layer.weight_ih.T + rec + layer.bias)
         outs.append(h)
     return torch.stack(outs)
 
 
-REFERENCES = {"lstm": reference, "gru": reference_gru, "rnn": reference_rnn}
+REFERENCES = {"lstm": reference, "gru": reference_gru, "rnn": reference_rnn, "mingru": reference_min, "minlstm": reference_min}
 
 
 def expected_params(name: str, I: int, H: int) -> int:
@@ -151,6 +210,10 @@ def expected_params(name: str, I: int, H: int) -> int:
         "cifg": three + 2 * H,
         "fgr": full + 3 * H + 9 * H * H,
         "lstm1997": three,
+        "slstm": full,  # vanilla's blocks, no peepholes
+        "indrnn": H * (I + 1) + H,  # W, b and the vector u
+        "mingru": 2 * H * (I + 1),  # W, b for z and h~; no recurrent weights
+        "minlstm": 3 * H * (I + 1),  # f, i, h~
     }[name]
 
 
@@ -333,7 +396,7 @@ def test_another_familys_switches_are_refused_in_one_line(switches, bad):
 
 @pytest.mark.parametrize(
     "switches, match",
-    [(dict(family="lstm2"), "valid families: \\['lstm', 'gru', 'rnn'\\]"), (dict(family="rnn", rnn_activation="sigmoid"), "tanh', 'relu")],
+    [(dict(family="lstm2"), "valid families: \\['lstm', 'gru', 'rnn', 'mingru', 'minlstm'\\]"), (dict(family="rnn", rnn_activation="sigmoid"), "tanh', 'relu")],
 )
 def test_unknown_family_or_rnn_activation_lists_the_valid_ones(switches, match):
     with pytest.raises(ValueError, match=match):
@@ -503,3 +566,15 @@ def test_bench_command_prints_a_ratio_row_per_variant_and_batch(capsys):
         ours, ref, ratio, aten = map(float, r[3:7])
         assert ours > 0 and ref > 0 and aten > 0
         assert ratio == pytest.approx(ours / ref, rel=0.02, abs=0.01)
+        assert r[7] == "-"  # no sequential twin: the LSTMs' loop is their only form
+
+
+def test_bench_times_a_scan_cell_against_nn_gru_and_its_sequential_recurrence(capsys):
+    from odyssey.bench import bench_cells, format_rows
+
+    rows = bench_cells(variants=["mingru", "indrnn"], batches=(1,), T=4, input_size=3, hidden_size=5, repeats=1)
+    mingru, indrnn = rows
+    assert mingru.seq_ms_per_seq > 0 and mingru.seq_ratio == pytest.approx(mingru.ms_per_seq / mingru.seq_ms_per_seq)
+    assert indrnn.seq_ms_per_seq is None and indrnn.seq_ratio is None
+    line = format_rows([mingru]).splitlines()[-1].split()
+    assert line[0] == "mingru" and float(line[7]) == pytest.approx(mingru.seq_ratio, abs=0.01)

@@ -59,15 +59,19 @@ def test_a_config_folder_without_config_groups_fails_clearly(monkeypatch, tmp_pa
         compose("train", [])
 
 
-@pytest.mark.parametrize("name, family", [("gru", "gru"), ("rnn", "rnn"), ("vanilla", "lstm")])
+@pytest.mark.parametrize(
+    "name, family",
+    [("gru", "gru"), ("rnn", "rnn"), ("vanilla", "lstm"), ("slstm", "lstm"), ("indrnn", "rnn"), ("mingru", "mingru"), ("minlstm", "minlstm")],
+)
 def test_reference_cell_files_compose_and_record_only_their_own_switches(name, family):
     cfg = trial_config(compose("train", [f"variant={name}"]))
     assert (cfg.variant.family, cfg.variant.label()) == (family, name)
     recorded = {k for k in cfg.flat_params() if k.startswith("variant.")}
     lstm_switches = {"variant.input_gate", "variant.forget_gate", "variant.output_gate", "variant.peepholes",
                      "variant.coupled_input_forget", "variant.full_gate_recurrence", "variant.block_activation",
-                     "variant.output_activation"}  # fmt: skip
-    own = {"lstm": lstm_switches, "gru": {"variant.reset_before_product"}, "rnn": {"variant.rnn_activation"}}[family]
+                     "variant.output_activation", "variant.exponential_gating", "variant.forget_gate_activation"}  # fmt: skip
+    own = {"lstm": lstm_switches, "gru": {"variant.reset_before_product"}, "rnn": {"variant.rnn_activation", "variant.recurrence"},
+           "mingru": set(), "minlstm": set()}[family]  # fmt: skip
     assert recorded == {"variant.name", "variant.family"} | own
 
 
@@ -91,8 +95,19 @@ def test_a_study_compares_lstm_variants_gru_and_rnn(tmp_path):
     ]  # fmt: skip
 
 
-def test_the_longlag_study_includes_the_simple_rnn(tmp_path):
+def test_the_longlag_study_includes_the_simple_rnn_indrnn_and_slstm(tmp_path):
     from odyssey.sweep.study import load_sweep
 
     sweep = load_sweep(["experiment=longlag_1997", "study.tasks=[adding]"], cwd=tmp_path)
-    assert [p.variant for p in sweep.searches] == ["lstm1997", "vanilla", "nfg", "cifg", "rnn"]
+    assert [p.variant for p in sweep.searches] == ["lstm1997", "vanilla", "nfg", "cifg", "rnn", "indrnn", "slstm"]
+
+
+def test_the_2026_study_runs_the_new_cells_beside_the_2017_variants_on_jsb_in_the_papers_space(tmp_path):
+    from odyssey.sweep.study import load_sweep
+
+    new = load_sweep(["experiment=odyssey2_jsb"], cwd=tmp_path)
+    paper = load_sweep(["experiment=odyssey_jsb"], cwd=tmp_path)
+    assert [p.variant for p in new.searches] == ["vanilla", "cifg", "nfg", "gru", "slstm", "mingru", "minlstm", "rnn"]
+    assert {p.task for p in new.searches} == {"jsb"}
+    assert new.study.num_samples == paper.study.num_samples == 200 and new.execution == paper.execution
+    assert new.space == paper.space  # the paper's search space, unchanged

@@ -25,7 +25,9 @@ from odyssey.train import train_trial
 
 from test_jsb import JSB_DIR
 
-PRESETS = ["vanilla", "nig", "nfg", "nog", "niaf", "noaf", "np", "cifg", "fgr", "lstm1997", "gru", "rnn"]
+PRESETS = ["vanilla", "nig", "nfg", "nog", "niaf", "noaf", "np", "cifg", "fgr", "lstm1997", "gru", "rnn",
+           "slstm", "indrnn", "mingru", "minlstm"]  # fmt: skip
+NEW_2026 = ["slstm", "indrnn", "mingru", "minlstm"]  # issue 25's cells
 SMALL = ["task.length=10", "task.num_train=24", "task.num_valid=12", "task.num_test=12"]
 
 # Members that differ in every searched hyperparameter and in the protocol's other knobs.
@@ -163,6 +165,23 @@ def test_a_diverging_member_leaves_the_others_unchanged():
     assert results[1].status == "diverged" and results[1].epochs == alone[1][0].epochs
     assert results[1].best_val == task.worst_metrics() == results[1].test
     assert len(reports[1]) == len(alone[1][1])  # no report for the epoch it diverged in
+    for i in (0, 2):
+        assert_same_trial(alone[i], (results[i], reports[i], weights[i]), rel=1e-10)
+
+
+@pytest.mark.parametrize("variant", NEW_2026)
+def test_a_diverging_member_leaves_the_others_unchanged_for_the_2026_cells(variant):
+    """As above for each new cell, with bidirectional two-layer members of different sizes and
+    hyperparameters (two epochs each: the sLSTM's step loop is autograd's, slower than the fused one)."""
+    members = [["model.hidden_size=5", "train.lr=0.1", "train.momentum=0.9", "train.input_noise=0.2", "train.max_epochs=2", "seed=11"],
+               ["model.hidden_size=6", "train.lr=1e6", "train.momentum=0.0", "train.max_epochs=2", "seed=5"],
+               ["model.hidden_size=3", "train.lr=0.03", "train.momentum=0.5", "train.batch_size=4", "train.max_epochs=2", "seed=12"]]  # fmt: skip
+    cfgs = member_configs(f"variant={variant}", "model=bidirectional", "model.num_layers=2", "train.dtype=float64", members=members)
+    task = build_task(cfgs[0].task)
+    alone = [run_alone(c, task) for c in cfgs]
+    assert alone[1][0].status == "diverged"
+    results, reports, weights = run_packed(cfgs, task)
+    assert results[1].status == "diverged" and results[1].epochs == alone[1][0].epochs
     for i in (0, 2):
         assert_same_trial(alone[i], (results[i], reports[i], weights[i]), rel=1e-10)
 

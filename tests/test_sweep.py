@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from odyssey.cells import preset
 from odyssey.errors import ConfigError, ServiceError
 from odyssey.tracking import (
     STATUS_COMPLETED,
@@ -229,6 +230,24 @@ def test_unreachable_job_server(tmp_path):
 
 # --------------------------------------------------------------------------------------------
 # The real thing
+
+
+@pytest.mark.slow
+def test_a_quick_sweep_runs_each_2026_cell_into_mlflow(tmp_path, mlflow_server, ray_cluster):
+    """Issue 25: the sLSTM, IndRNN, minGRU and minLSTM as study variants (one trial, one epoch each)."""
+    from odyssey.sweep.cli import sweep_main
+
+    name = "cells2026"
+    variants = ["slstm", "indrnn", "mingru", "minlstm"]
+    overrides = [*tiny(tmp_path, name, variants=variants, samples=1, epochs=1), f"tracking.uri={mlflow_server}",
+                 f"ray.address={ray_cluster.address}"]  # fmt: skip
+    assert sweep_main(overrides) == 0
+    _, _, trials = assert_study(mlflow_server, name, variants=variants, samples=1, epochs=1)
+    for t in trials:
+        spec = preset(t.data.tags[TAG_VARIANT])
+        assert t.data.params["variant.family"] == spec.family
+        hidden = int(t.data.params["model.hidden_size"])
+        assert t.data.tags["odyssey.params_count"] == str(spec.num_parameters(2, hidden) + hidden + 1)  # cell + head
 
 
 @pytest.mark.slow

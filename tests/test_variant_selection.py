@@ -26,6 +26,11 @@ from odyssey.sweep.study import load_sweep
         # and on the LSTM: the message names the family the variant really is
         (["variant.rnn_activation=tanh"], "lstm", "rnn_activation", "rnn"),
         (["variant=np", "variant.reset_before_product=true"], "lstm", "reset_before_product", "gru"),
+        # the 2026 cells: their switches belong to their families, and the scan families have none
+        (["variant=gru", "variant.exponential_gating=true"], "gru", "exponential_gating", "lstm"),
+        (["variant=slstm", "variant.recurrence=diagonal"], "lstm", "recurrence", "rnn"),
+        (["variant=mingru", "variant.peepholes=false"], "mingru", "peepholes", "lstm"),
+        (["variant=minlstm", "variant.rnn_activation=relu"], "minlstm", "rnn_activation", "rnn"),
     ],
 )
 def test_a_switch_of_another_family_is_refused_whatever_its_value(overrides, family, switch, owner):
@@ -34,11 +39,12 @@ def test_a_switch_of_another_family_is_refused_whatever_its_value(overrides, fam
     message = str(info.value)
     assert f"variant.{switch} (a switch of the {owner} family)" in message
     assert f"whose family is {family}" in message and "\n" not in message
-    own = {"lstm": "input_gate, forget_gate", "gru": "reset_before_product", "rnn": "rnn_activation"}[family]
+    own = {"lstm": "input_gate, forget_gate", "gru": "reset_before_product", "rnn": "rnn_activation, recurrence",
+           "mingru": "none", "minlstm": "none"}[family]  # fmt: skip
     assert f"the {family} family's switches: {own}" in message
 
 
-@pytest.mark.parametrize("variants", ["[gru,rnn]", "[rnn,gru]", "[np,gru]", "[gru,cifg]"])
+@pytest.mark.parametrize("variants", ["[gru,rnn]", "[rnn,gru]", "[np,gru]", "[gru,cifg]", "[mingru,gru]", "[gru,minlstm]"])
 def test_variants_of_two_families_are_not_combined(variants):
     with pytest.raises(ConfigError, match=r"combines variants of different families: .*\(gru\).*; a variant is one cell"):
         compose_trial("train", [f"variant={variants}"])
@@ -49,6 +55,10 @@ def test_variants_of_two_families_are_not_combined(variants):
     [
         (["variant=gru", "variant.reset_before_product=true"], "gru+reset_before_product=True", "gru"),
         (["variant=rnn", "variant.rnn_activation=relu"], "rnn+rnn_activation=relu", "rnn"),
+        (["variant=indrnn", "variant.rnn_activation=tanh"], "rnn+recurrence=diagonal", "rnn"),
+        (["variant=slstm", "variant.output_gate=false"], "slstm+nog", "lstm"),
+        (["variant=[slstm,nig]"], "slstm+nig", "lstm"),
+        (["variant=mingru"], "mingru", "mingru"),
         (["variant=[np,cifg]"], "np+cifg", "lstm"),  # a combination keeps the label its switches give
         (["variant=np", "variant.coupled_input_forget=true"], "np+cifg", "lstm"),  # a file changed: its switches name it
         (["variant=cifg"], "cifg", "lstm"),

@@ -1,7 +1,8 @@
 """Variant cells: specs of orthogonal switches, presets, and the layers that implement them.
 
-The LSTM family (:class:`VariantLSTM`, every Greff et al. variant) and, beside it, the reference
-cells :class:`VariantGRU` (``nn.GRU``'s equations) and :class:`VariantRNN` (Elman). All share one
+The LSTM family (:class:`VariantLSTM`, every Greff et al. variant and the xLSTM's sLSTM) and,
+beside it, :class:`VariantGRU` (``nn.GRU``'s equations), :class:`VariantRNN` (Elman, and IndRNN),
+:class:`VariantMinGRU` and :class:`VariantMinLSTM` (Feng et al. 2024, a parallel scan). All share one
 face (:class:`~odyssey.cells.base.RecurrentLayer`); :func:`variant_layer` builds a spec's layer.
 
 Public API::
@@ -18,6 +19,7 @@ from odyssey.cells.base import RecurrentLayer
 from odyssey.cells.families import LAYERS, variant_layer
 from odyssey.cells.gru import VariantGRU, load_torch_gru_state_dict
 from odyssey.cells.layer import VariantLSTM, load_torch_lstm_state_dict
+from odyssey.cells.minimal import VariantMinGRU, VariantMinLSTM
 from odyssey.cells.rnn import VariantRNN, load_torch_rnn_state_dict
 from odyssey.cells.spec import FAMILIES, FAMILY_SWITCHES, PRESETS, VariantSpec, preset, variant_from_mapping
 
@@ -31,6 +33,8 @@ __all__ = [
     "RecurrentLayer",
     "VariantGRU",
     "VariantLSTM",
+    "VariantMinGRU",
+    "VariantMinLSTM",
     "VariantRNN",
     "VariantSpec",
     "activation",

@@ -9,6 +9,10 @@ Equations (Greff et al. 2017; y = block output, c = cell state, ' = previous ste
     o = sigma(W_o x + R_o y' + p_o * c + b_o)       output gate     (NOG: o = 1); p_o reads the *current* c
     y = h(c) * o                                    block output
 
+With ``exponential_gating`` the layer is the sLSTM (Beck et al. 2024): exponential input and
+forget gates with a stabilizer m and a normalizer n, y = o * h(c / n); equations in
+:mod:`odyssey.cells.slstm`. Same parameters; ``c_n`` is the (stabilized) cell state c.
+
 NIAF: g = identity; NOAF: h = identity; NP: no p terms; FGR: every gate's pre-activation also
 gets ``Rg`` times the previous step's activations of all gates. Initial state (y, c, and the
 FGR gate activations) is zero.
@@ -39,6 +43,7 @@ import torch
 from odyssey.cells.base import RecurrentLayer, torch_layer_weights
 from odyssey.cells.fused import FusedRecurrence
 from odyssey.cells.recurrence import Layout, forward_loop
+from odyssey.cells.slstm import slstm_members_forward
 from odyssey.cells.spec import VariantSpec
 
 __all__ = ["VariantLSTM", "load_torch_lstm_state_dict"]
@@ -82,6 +87,8 @@ class VariantLSTM(RecurrentLayer):
     def members_forward(spec: VariantSpec, x: torch.Tensor, weights: dict[str, torch.Tensor], active=None, hidden=None, steps=None) -> torch.Tensor:
         """M layers' outputs at once: x (M, T, B, I), ``weights`` by base name each (M, ...) -> (M, T, B, H).
         ``active``, ``hidden``, ``steps``: see :class:`~odyssey.cells.fused.FusedRecurrence` (a trial pack's members)."""
+        if spec.exponential_gating:  # the sLSTM: its own loop, every member all T steps (no compiled loop)
+            return slstm_members_forward(spec, x, weights, active)[0]
         lay = _layout(spec, weights["weight_hh"].shape[-1])
         get = weights.get
         w = (get("weight_ih"), get("bias"), get("weight_hh"), get("peephole"), get("weight_gate_hh"))
@@ -91,6 +98,9 @@ class VariantLSTM(RecurrentLayer):
     def _direction(self, x: torch.Tensor, sfx: str) -> tuple[torch.Tensor, torch.Tensor]:
         w_ih, bias, w_hh = (getattr(self, name + sfx) for name in ("weight_ih", "bias", "weight_hh"))
         peephole, w_gate = getattr(self, "peephole" + sfx, None), getattr(self, "weight_gate_hh" + sfx, None)
+        if self.spec.exponential_gating:  # the sLSTM: its own loops (hand-written backward, or autograd's)
+            Y, C = slstm_members_forward(self.spec, x.unsqueeze(0), self.direction_weights(sfx), fused=self.fused)
+            return Y[0], C[0]
         if self.fused:  # a pack of one: every weight gets a member axis of size 1
             one = lambda t: None if t is None else t.unsqueeze(0)  # noqa: E731
             Y, C = FusedRecurrence.apply(self.layout, x.unsqueeze(0), *map(one, (w_ih, bias, w_hh, peephole, w_gate)))

@@ -16,8 +16,11 @@ gate-activation columns (sigma(0) = 1/2 != 0): :meth:`PackedSequenceModel.mask_g
 every padded entry of every gradient, so padded weights stay exactly zero through training and a
 member computes the same function as alone. The reference cells pad the same way: a GRU's padded
 units have r = u = sigma(0) = 1/2 and n = tanh(0 + r * 0) = 0, so h = n/2 + h'/2 stays 0 from
-h = 0; an RNN's h = tanh(0) = relu(0) = 0. Shapes per member follow ``odyssey/cells/layer.py``
-(``gru.py``, ``rnn.py``).
+h = 0; an RNN's h = tanh(0) = relu(0) = 0 (IndRNN's u is zero there too); an sLSTM's padded units
+have m = 0, i = 1, n >= 1 and c = 0, so y = 0. The minGRU's and minLSTM's padded units are not
+zero (a = b = 1/2, h -> 1), but every weight that reads them is zero, so they reach nothing
+either, and their gradients are zeroed. Shapes per member follow ``odyssey/cells/layer.py``
+(``gru.py``, ``rnn.py``, ``minimal.py``; IndRNN's ``weight_hh`` is a vector (H,)).
 """
 
 from __future__ import annotations
@@ -48,9 +51,10 @@ def param_dims(key: str, spec: VariantSpec, *, input_size: int, output_size: int
         raise ValueError(f"unknown parameter {key!r} of a SequenceModel")
     layer, name = int(match.group(1)), match.group(2)
     inputs = (input_size, False) if layer == 0 else (directions, True)
+    columns = [(1, True)] if spec.recurrent_columns is None else []  # IndRNN's weight_hh is the vector u (H,)
     return {
         "weight_ih": [(G, True), inputs],
-        "weight_hh": [(G, True), (1, True)],
+        "weight_hh": [(G, True), *columns],
         "bias": [(G, True)],
         "bias_hn": [(1, True)],
         "peephole": [(P, False), (1, True)],
@@ -201,7 +205,7 @@ class PackedSequenceModel:
     def _any_order(self, x: torch.Tensor) -> bool:
         """Whether the members' layers take per-member step counts in any order (no sorting, which
         costs a copy of every weight per update): the compiled CPU LSTM loop, at batch 1."""
-        return self.spec.family == "lstm" and native.loop_for(x, x.shape[2]) is not None
+        return self.spec.fused_lstm and native.loop_for(x, x.shape[2]) is not None
 
     def _run(self, params: dict[str, torch.Tensor], x: torch.Tensor, lengths: torch.Tensor, schedule: dict) -> torch.Tensor:
         M, T, B, _ = x.shape
