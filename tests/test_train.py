@@ -123,7 +123,7 @@ def test_resume_from_a_checkpoint_continues_exactly():
         ("train.lr=-0.1", "train.lr=-0.1 is invalid"),
         ("model.hidden_size=0", "model.hidden_size=0 is invalid"),
         ("train.momentum=1.5", "train.momentum=1.5 is invalid"),
-        ("variant=lstm2", "valid choices: cifg, fgr, gru, lstm1997"),
+        ("variant=lstm2", "valid choices: cifg, fgr, gru, indrnn, lstm1997, mingru, minlstm"),
         ("task=mnist", "valid choices: adding, iam_ondb, jsb, reber"),
         ("train.learning_rate=1", "valid keys of 'train': batch_size"),
         ("train.loss_reduction=mean", "train.loss_reduction='mean' is invalid: expected one of ['sum_over_steps', 'mean_over_steps']"),
