@@ -36,7 +36,7 @@ from odyssey.errors import ConfigError, ServiceError
 from odyssey.run_schema import TAG_BUDGET, TAG_EXTENSIONS, TAG_LEASE, TAG_STORAGE, record_differences  # experiment tags
 
 __all__ = [
-    "Lease", "TAG_BUDGET", "TAG_LEASE", "TAG_STORAGE", "acquire_lease", "budget_of", "claim", "existing_study_note", "extension_number",
+    "Lease", "TAG_BUDGET", "TAG_LEASE", "TAG_STORAGE", "acquire_lease", "budget_of", "claim", "existing_study_note", "extension_number", "refuse_if_running",
     "read_lease", "release_lease", "renew_lease", "search_budget",
 ]  # fmt: skip
 
@@ -135,6 +135,16 @@ def claim(sweep, tracking_uri: str, experiment_id: str) -> Iterator[Path]:
         stop.set()
         beat.join(timeout=5)
         release_lease(mlf, experiment_id, lease)
+
+
+def refuse_if_running(tracking_uri: str, study: str) -> None:
+    """Refuse a study another live driver holds, reading its experiment only (nothing is created):
+    the first thing a sweep checks, so that this is what a second driver hears."""
+    from odyssey.sweep import mlflow_runs
+
+    exp = mlflow_runs.client(tracking_uri).get_experiment_by_name(study)
+    if exp is not None:
+        _refuse_if_held(study, read_lease(exp.tags.get(TAG_LEASE)))
 
 
 def existing_study_note(sweep) -> str | None:

@@ -112,8 +112,9 @@ def run_sweep(sweep: SweepConfig) -> list[SearchOutcome]:
         interrupts.reset()
     use_short_http_retries()  # outages: the driver retries itself (odyssey.sweep.outage)
     quiet_mlflow_urls()
-    check_sweep_locally(sweep)
     run_schema.check_store(sweep.tracking_uri)  # a server must answer; a local store's folder is made
+    identity.refuse_if_running(sweep.tracking_uri, sweep.study.name)  # a second driver hears this first
+    check_sweep_locally(sweep)
     check_ray_address(sweep.ray_address)
     interrupts.raise_if_stopped(sweep.study.name, resume_command(sweep))
     _import_driver_modules()
