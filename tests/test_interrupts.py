@@ -109,12 +109,18 @@ def test_a_signal_while_ray_starts_ends_the_sweep_with_its_code_and_the_resume_l
     ]  # fmt: skip
     # a fresh $HOME and Ray's own default auth mode: its token file must come out private (#20)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
-    env.update(PYTHONPATH=str(ROOT), HOME=str(tmp_path / "home"))
+    # its own Ray temp folder (short: Ray's sockets live there): ray.init would otherwise join a
+    # cluster another test left running (its address file in /tmp/ray) instead of starting one
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    env.update(PYTHONPATH=str(ROOT), HOME=str(tmp_path / "home"), RAY_TMPDIR=ray_tmp)
     proc = subprocess.Popen([sys.executable, "-m", "odyssey.sweep.cli", *overrides], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
     deadline = time.monotonic() + 180
     while "gcs_server" not in _children(proc.pid):
-        assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before Ray started"
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"the sweep ended before Ray started:\n{proc.communicate()[1][-3000:]}")
         time.sleep(0.05)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=180)
@@ -126,6 +132,7 @@ def test_a_signal_while_ray_starts_ends_the_sweep_with_its_code_and_the_resume_l
     token = tmp_path / "home" / ".ray" / "auth_token"
     assert len(token.read_text()) == 64 and stat.S_IMODE(token.stat().st_mode) == 0o600
     assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700 and "readable by others" not in err
+    __import__("shutil").rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_a_token_file_readable_by_others_gets_one_warning(tmp_path, monkeypatch, capsys):
