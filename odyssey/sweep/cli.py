@@ -64,9 +64,8 @@ def sweep_main(argv: Sequence[str]) -> int:
         sweep = load_sweep(overrides, need_data=not dry_run)
         interrupts.raise_if_stopped(sweep.study.name, hint)
         if dry_run:  # every check that needs no cluster and no tracking server, and the plan
-            from odyssey.sweep.runner import check_sweep_locally
-
             from odyssey.sweep.identity import existing_study_note
+            from odyssey.sweep.runner import check_sweep_locally
 
             check_sweep_locally(sweep)
             print(describe_sweep(sweep))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from odyssey.errors import ServiceError
 
-__all__ = ["auth_headers", "connect", "loopback_if_local", "secure_token_file", "token_error"]
+__all__ = ["auth_headers", "connect", "loopback_if_local", "secure_token_file", "starts_local_runtime", "token_error"]
 
 _SHARE = (
     "use the head's token (`ray get-auth-token` on the head prints it) as RAY_AUTH_TOKEN, "
@@ -36,7 +36,7 @@ def connect(address: str | None, *, runtime_env: dict | None = None) -> bool:
 
     if ray.is_initialized():
         return False
-    local = address in (None, "local") and not os.environ.get("RAY_ADDRESS")
+    local = starts_local_runtime(address)
     target = None if local else (address or os.environ.get("RAY_ADDRESS"))
     secure_token_file(create=local)
     if target is not None:
@@ -53,6 +53,16 @@ def connect(address: str | None, *, runtime_env: dict | None = None) -> bool:
             raise ServiceError(token_error(target)) from None
         raise
     return True
+
+
+def starts_local_runtime(address: str | None) -> bool:
+    """Whether a driver given ``ray.address`` = ``address`` starts a Ray runtime on this machine:
+    no address here, none in ``$RAY_ADDRESS``, and not the driver of a Ray job (whose cluster it is)."""
+    return (
+        address in (None, "local")
+        and not os.environ.get("RAY_ADDRESS")
+        and not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    )
 
 
 def loopback_if_local(address: str | None) -> None:

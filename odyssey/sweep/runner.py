@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 from odyssey import run_schema
 from odyssey.errors import ConfigError, ServiceError
 from odyssey.sweep import identity, interrupts, mlflow_runs
+from odyssey.sweep.connect import loopback_if_local, starts_local_runtime
 from odyssey.sweep.outage import TrackingDown, TrackingWatch, guarded
 from odyssey.sweep.study import SearchPlan, SweepConfig
 from odyssey.tracking import (
@@ -103,7 +104,6 @@ def check_ray_address(address: str | None, *, timeout: float = 3.0) -> None:
 
 def run_sweep(sweep: SweepConfig) -> list[SearchOutcome]:
     """Run every search of ``sweep`` (see the module docstring)."""
-    from odyssey.sweep.connect import loopback_if_local
 
     loopback_if_local(sweep.ray_address)  # before Ray is imported
     import ray
@@ -123,7 +123,7 @@ def run_sweep(sweep: SweepConfig) -> list[SearchOutcome]:
     started = connect(sweep.ray_address, runtime_env=_runtime_env())
     try:
         interrupts.raise_if_stopped(sweep.study.name, resume_command(sweep))  # a signal while Ray started
-        _check_devices(sweep)  # every check before the study's first record in MLflow
+        _check_devices(sweep, int(ray.cluster_resources().get("GPU", 0)))  # every check before the first MLflow record
         experiment_id = mlflow_runs.ensure_experiment(sweep.tracking_uri, sweep.study.name)
         with identity.claim(sweep, sweep.tracking_uri, experiment_id) as storage:  # one study, one sweep
             return _run_claimed(dataclasses.replace(sweep, storage_path=storage), experiment_id)
@@ -139,14 +139,7 @@ def check_sweep_locally(sweep: SweepConfig) -> None:
     reserve no GPU; a local runtime on a machine without CUDA), and the cluster address's form."""
     ray_address_parts(sweep.ray_address)
     _check_fresh(sweep)
-    _check_devices(sweep, cluster_gpus=_local_cuda_devices() if _runs_locally(sweep) else None)
-
-
-def _runs_locally(sweep: SweepConfig) -> bool:
-    """Whether the sweep starts a Ray runtime on this machine (no cluster address anywhere)."""
-    return sweep.ray_address in (None, "local") and not os.environ.get("RAY_ADDRESS") and not os.environ.get(
-        "RAY_JOB_CONFIG_JSON_ENV_VAR"
-    )
+    _check_devices(sweep, _local_cuda_devices() if starts_local_runtime(sweep.ray_address) else None)
 
 
 def _local_cuda_devices() -> int:
@@ -236,11 +229,11 @@ def _run_searches(sweep: SweepConfig, experiment_id: str) -> list[SearchOutcome]
     return outcomes
 
 
-def _check_devices(sweep: SweepConfig, cluster_gpus: int | None = -1) -> None:
+def _check_devices(sweep: SweepConfig, cluster_gpus: int | None) -> None:
     """A ``train.device`` the trials cannot get fails now, not in every trial: CUDA on a cluster
     without GPUs, or on trials that reserve none (Ray then hides the GPUs from them).
-    ``cluster_gpus``: the cluster's GPUs; ``-1``: ask the connected cluster; ``None``: unknown
-    here (a remote cluster, checked again once connected)."""
+    ``cluster_gpus``: the cluster's GPUs, ``None`` where not known yet (a remote cluster before
+    the driver connects: its GPUs are checked again then)."""
     import math
 
     from odyssey.config import check_device_available
@@ -250,12 +243,9 @@ def _check_devices(sweep: SweepConfig, cluster_gpus: int | None = -1) -> None:
     for device in sorted({plan.base.train.device for plan in sweep.searches}):
         if not device.startswith("cuda"):
             continue
-        if cluster_gpus == -1:
-            import ray
-
-            cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
         if cluster_gpus == 0:
-            where = "this machine (the sweep starts a local Ray runtime)" if _runs_locally(sweep) else "the Ray cluster"
+            local = starts_local_runtime(sweep.ray_address)
+            where = "this machine (the sweep starts a local Ray runtime)" if local else "the Ray cluster"
             check_device_available(device, cuda_devices=0, where=where)
         if not per_trial:
             key = "execution.gpu" if packed else "study.resources_per_trial.gpu"

@@ -308,7 +308,7 @@ def load_sweep(overrides: Sequence[str], *, cwd: Path | None = None, need_data: 
             if task not in task_meta:
                 try:
                     task_meta[task] = _task_meta(base)
-                except (ConfigError, OdysseyError) as exc:
+                except OdysseyError as exc:
                     if need_data:
                         raise
                     warnings.append(f"task {task}: its data cannot be read, so the real run will refuse it: {exc}")
